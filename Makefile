@@ -1,0 +1,31 @@
+# Set-up and the two jobs of the README. Every target creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv quickstart test lint bench
+
+venv: $(STAMP)
+
+# torch first, pinned: its CPU build is what the other packages must keep (an open range
+# would pull a multi-GB CUDA build). Everything else is pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# The main job, end to end on Multi30k en-de: prepare, train, BLEU, export, serve, translate.
+quickstart: venv
+	$(BIN)/nmt quickstart
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check nmt data_prep serve tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/hyperlstm_speed.py

@@ -1,0 +1,1 @@
+"""Corpora -> cleaned text -> sentencepiece wordpieces -> Arrow datasets on disk."""

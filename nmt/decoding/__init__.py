@@ -1,0 +1,1 @@
+"""Search over model outputs (beam search, greedy as beam 1); plain PyTorch."""

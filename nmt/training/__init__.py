@@ -1,0 +1,1 @@
+"""The Lightning layer: tasks (LightningModules), data modules, strategies and the training CLI."""
