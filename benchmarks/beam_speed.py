@@ -1,0 +1,110 @@
+"""Decoding speed: sentences per second with beam 1 (greedy) and beam 5, batch 1 and batch 64.
+
+Decodes Multi30k test_2016_flickr (source side) with ``nmt.decoding.translate_ids`` and prints
+sentences/s per setting and the cost of beam 5 relative to greedy at batch 64 (target: at most
+2.5x greedy's time). Settings run in alternating rounds, so that a busy machine slows all alike;
+each figure is the median over rounds. Batch-1 settings decode only the first
+``--batch1-sentences`` sentences (per-sentence speed is what they measure).
+
+With ``--checkpoint`` the trained model decodes with the default options (GNMT alpha 0.6, the
+output ends at EOS or at 2 x source + 10). Without one, an untrained model of the size of
+configs/multi30k_hyperlstm.yaml decodes exactly ``--fixed-length`` wordpieces per hypothesis
+(an untrained model's EOS is arbitrary), so both beams do the same number of steps.
+
+    nmt prep translation --corpus multi30k --src en --tgt de --out data/multi30k.en-de
+    python benchmarks/beam_speed.py --checkpoint runs/multi30k_hyperlstm/checkpoints/last.ckpt
+    python benchmarks/beam_speed.py            # untrained model of the Multi30k config size
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nmt.decoding import DecodingOptions, translate_ids
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "multi30k_hyperlstm.yaml"
+SETTINGS = [(1, 1), (5, 1), (1, 64), (5, 64)]  # (beam size, batch size)
+
+
+def untrained_model(vocab_size: int):
+    import yaml
+
+    from nmt.models.translation import TranslationConfig, TranslationModel
+
+    architecture = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["architecture"]
+    architecture["vocab_size"] = vocab_size
+    torch.manual_seed(0)
+    return TranslationModel(TranslationConfig.from_dict(architecture)).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="a trained translation checkpoint")
+    parser.add_argument("--corpus", type=Path, default=REPO / "data" / "multi30k.en-de")
+    parser.add_argument("--split", default="test_2016_flickr")
+    parser.add_argument("--batch1-sentences", type=int, default=100)
+    parser.add_argument("--limit", type=int, help="decode only the first N sentences")
+    parser.add_argument("--fixed-length", type=int, default=20, help="untrained model only")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from nmt.corpus import PreparedCorpus
+
+    corpus = PreparedCorpus(args.corpus)
+    texts = list(corpus.split(args.split)["src_text"])[: args.limit]
+    if args.checkpoint is not None:
+        from nmt.checkpoints import load_translation
+
+        model, wordpieces = load_translation(args.checkpoint)
+        base = DecodingOptions()
+        what = f"trained checkpoint {args.checkpoint}"
+    else:
+        wordpieces = corpus.wordpieces
+        model = untrained_model(wordpieces.vocab_size)
+        base = DecodingOptions(min_length=args.fixed_length, max_length=args.fixed_length)
+        what = f"untrained model of {CONFIG.name}, {args.fixed_length} wordpieces per output"
+    sources = [wordpieces.encode(text) for text in texts]
+    parameters = sum(p.numel() for p in model.parameters())
+    print(
+        f"{what}; {parameters / 1e6:.1f}M parameters; {len(sources)} sentences of "
+        f"{args.split}; {args.threads} thread(s); torch {torch.__version__}"
+    )
+
+    seconds: dict[tuple[int, int], list[float]] = {setting: [] for setting in SETTINGS}
+    counts, lengths = {}, {}
+    for _ in range(args.rounds):
+        for beam, batch in SETTINGS:
+            chosen = sources[: args.batch1_sentences] if batch == 1 else sources
+            options = replace(base, beam_size=beam)
+            start = time.perf_counter()
+            found = translate_ids(model, chosen, options, batch_size=batch)
+            seconds[(beam, batch)].append(time.perf_counter() - start)
+            counts[(beam, batch)] = len(chosen)
+            lengths[(beam, batch)] = statistics.mean(len(h[0].tokens) for h in found)
+
+    print(f"{'beam':>4} {'batch':>5} {'sentences':>9} {'out len':>7} {'seconds':>8} {'sent/s':>8}")
+    for setting in SETTINGS:
+        median = statistics.median(seconds[setting])
+        print(
+            f"{setting[0]:>4} {setting[1]:>5} {counts[setting]:>9} {lengths[setting]:>7.1f} "
+            f"{median:>8.2f} {counts[setting] / median:>8.1f}"
+        )
+    for batch in (1, 64):
+        ratio = statistics.median(seconds[(5, batch)]) / statistics.median(seconds[(1, batch)])
+        print(
+            f"beam 5 / greedy time at batch {batch}: {ratio:.2f}x"
+            + ("  (target <= 2.5x)" if batch == 64 else "")
+        )
+
+
+if __name__ == "__main__":
+    main()

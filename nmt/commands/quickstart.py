@@ -1,0 +1,117 @@
+"""The main job, end to end on the bundled default (Multi30k en->de from ../shared/data).
+
+Each step is an ordinary ``nmt`` command run as a subprocess, so this file doubles as the
+recipe a user would type: prepare -> train -> evaluate (sacreBLEU) -> export -> serve ->
+translate through the HTTP endpoint -> stop the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from nmt.errors import UserError
+
+SERVER_START_TIMEOUT_S = 120.0
+SERVER_STOP_TIMEOUT_S = 30.0
+DEMO_SENTENCES = 3
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nmt quickstart", description=__doc__)
+    parser.add_argument("--config", default="configs/quickstart.yaml", help="training config")
+    parser.add_argument("--data", default="data/multi30k.en-de", help="prepared corpus directory")
+    parser.add_argument("--workdir", default="runs/quickstart", help="checkpoints, logs, bundle")
+    parser.add_argument("--beam-size", type=int, default=5)
+    return parser.parse_args(argv)
+
+
+def _nmt(*args: str) -> None:
+    """Run one ``nmt`` subcommand in a child process; stop the pipeline if it fails."""
+    command = [sys.executable, "-m", "nmt.cli", *args]
+    print(f"\n$ nmt {' '.join(args)}", flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise UserError(f"step failed: nmt {' '.join(args)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _request(url: str, payload: dict | None = None, timeout: float = 60.0) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _wait_until_healthy(url: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise UserError(f"the server exited with code {server.returncode} while starting")
+        try:
+            _request(f"{url}/health", timeout=2.0)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise UserError(f"the server did not answer {url}/health within {SERVER_START_TIMEOUT_S} s")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGINT stops LitServe and all its workers; kill only if it does not."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _serve_and_translate(bundle: Path, sentences: list[str], beam_size: int) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "nmt.cli", "serve", "--translate", str(bundle)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    print(f"\n$ nmt {' '.join(command[3:])} &", flush=True)
+    server = subprocess.Popen(command)
+    try:
+        _wait_until_healthy(url, server)
+        print(f"\n$ POST {url}/translate", flush=True)
+        reply = _request(f"{url}/translate", {"text": sentences, "beam_size": beam_size})
+        for source, result in zip(sentences, reply["translations"]):
+            print(f"  en: {source}\n  de: {result['text']}  (score {result['score']:.3f})")
+    finally:
+        _stop(server)
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
+    workdir = Path(args.workdir)
+    started = time.monotonic()
+    _nmt("prep", "translation", "--corpus", "multi30k", "--src", "en", "--tgt", "de",
+         "--out", args.data)
+    _nmt("fit", "--config", args.config, "--data.corpus", args.data,
+         "--trainer.default_root_dir", str(workdir))
+    checkpoint = workdir / "checkpoints" / "last.ckpt"
+    _nmt("evaluate", "--checkpoint", str(checkpoint), "--corpus", args.data,
+         "--split", "test_2016_flickr", "--beam-size", str(args.beam_size),
+         "--out", str(workdir / "evaluation"))
+    bundle = workdir / "bundle"
+    _nmt("export", str(checkpoint), str(bundle))
+    from nmt.corpus import PreparedCorpus
+
+    sentences = PreparedCorpus(args.data).split("test_2016_flickr")["src_text"][:DEMO_SENTENCES]
+    _serve_and_translate(bundle, sentences, args.beam_size)
+    print(f"\nquickstart finished in {time.monotonic() - started:.0f} s; outputs in {workdir}/")
+    return 0

@@ -1,0 +1,251 @@
+"""``nmt translate``: sentences from a file or stdin to detokenised translations.
+
+    nmt translate --checkpoint runs/x/checkpoints/last.ckpt --input test.en --output test.de
+    echo "A man rides a bike." | nmt translate --checkpoint last.ckpt --beam-size 5
+
+One sentence a line in, one translation a line out (``--nbest N > 1``: one JSON line per
+sentence with its N best translations and their scores). Also home of what ``nmt evaluate``
+shares: where the model comes from, the decoding options, and reading text files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nmt.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nmt.decoding import DecodingOptions, Hypothesis
+    from nmt.wordpieces import Wordpieces
+
+DEFAULT_BATCH_SIZE = 64  # sentences per beam search
+STDIN = "-"
+
+
+# ------------------------------------------------------------------- where the model comes from
+
+
+@dataclass
+class ModelSource:
+    """A model ready to decode, its wordpieces, and what to record about where it came from."""
+
+    model: nn.Module
+    wordpieces: Wordpieces
+    description: dict  # e.g. {"checkpoint": path, "sha256": ...}, written into reports
+    decoding: DecodingOptions | None = None  # defaults shipped with the model, if any
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """The options naming the model; other sources (e.g. bundles) join this group."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--checkpoint", type=Path, help="a training checkpoint (.ckpt) of a translation model"
+    )
+    return group
+
+
+def load_model_source(args: argparse.Namespace) -> ModelSource:
+    from nmt.checkpoints import load_translation
+
+    model, wordpieces = load_translation(args.checkpoint)
+    description = {"checkpoint": str(args.checkpoint), "sha256": sha256_file(args.checkpoint)}
+    return ModelSource(model.eval(), wordpieces, description)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------- decoding options
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per DecodingOptions field (unset ones keep the model's or the defaults)."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--beam-size", type=int, help="1 is greedy decoding (default 5)")
+    group.add_argument("--alpha", type=float, help="length penalty exponent; 0 is off (0.6)")
+    group.add_argument("--beta", type=float, help="coverage penalty weight; 0 is off (0.0)")
+    group.add_argument("--nbest", type=int, help="translations per sentence, <= beam size (1)")
+    group.add_argument("--min-length", type=int, help="fewest output wordpieces (1)")
+    group.add_argument(
+        "--max-length-ratio", type=float, help="most output wordpieces per source wordpiece (2.0)"
+    )
+    group.add_argument(
+        "--max-length-offset", type=int, help="added to the relative maximum length (10)"
+    )
+    group.add_argument("--max-length", type=int, help="absolute cap on output wordpieces (256)")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"sentences decoded together (default {DEFAULT_BATCH_SIZE})",
+    )
+    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+
+
+def decoding_options(args: argparse.Namespace, defaults: DecodingOptions | None) -> DecodingOptions:
+    """The options given on the command line over ``defaults``; a beam holds at least nbest."""
+    from nmt.decoding import DecodingOptions
+
+    defaults = defaults or DecodingOptions()
+    given = {f.name: getattr(args, f.name, None) for f in fields(DecodingOptions)}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "nbest" in given and "beam_size" not in given:
+        given["beam_size"] = max(defaults.beam_size, given["nbest"])
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    return replace(defaults, **given)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+
+
+# ------------------------------------------------------------------- text files
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (``.gz`` is unpacked; ``-`` is stdin)."""
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    try:
+        data = sys.stdin.buffer.read() if str(path) == STDIN else Path(path).read_bytes()
+        if name.endswith(".gz"):
+            data = gzip.decompress(data)
+    except OSError as error:  # missing file, or not gzip
+        raise UserError(f"{name}: cannot read ({error.strerror or error})") from None
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"{name}:{number}: not UTF-8 ({error.reason} at byte {error.start})"
+            ) from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline ending the last line
+    return lines
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------- translating
+
+
+def translate_lines(
+    source: ModelSource,
+    lines: Sequence[str],
+    options: DecodingOptions,
+    batch_size: int,
+    progress: bool,
+) -> list[list[Hypothesis]]:
+    """Hypotheses for every line; blank lines get one empty translation without decoding."""
+    from nmt.decoding import Hypothesis, translate_texts
+
+    texts = [line.strip() for line in lines]
+    wanted = [i for i, text in enumerate(texts) if text]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(wanted), unit="sent", file=sys.stderr, dynamic_ncols=True)
+    try:
+        found = translate_texts(
+            source.model,
+            source.wordpieces,
+            [texts[i] for i in wanted],
+            options,
+            batch_size,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    results = [[Hypothesis(tokens=[], score=0.0, log_prob=0.0)] for _ in texts]
+    for index, hypotheses in zip(wanted, found, strict=True):
+        results[index] = hypotheses
+    return results
+
+
+def format_translation(wordpieces: Wordpieces, hypotheses: list[Hypothesis], nbest: int) -> str:
+    """The best translation, or with ``nbest > 1`` a JSON line of all of them with scores."""
+    if nbest == 1:
+        return wordpieces.decode(hypotheses[0].tokens)
+    return json.dumps(
+        [
+            {"text": wordpieces.decode(h.tokens), "score": h.score, "log_prob": h.log_prob}
+            for h in hypotheses
+        ],
+        ensure_ascii=False,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt translate",
+        description="Translate sentences (one a line) from a file or stdin with beam search.",
+    )
+    add_model_source_arguments(parser)
+    parser.add_argument(
+        "--input", default=STDIN, help="source sentences, one a line (.gz allowed; default stdin)"
+    )
+    parser.add_argument("--output", type=Path, help="translations (default stdout)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on files")
+    add_decoding_arguments(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(args)
+    source = load_model_source(args)
+    options = decoding_options(args, source.decoding)
+
+    if args.input == STDIN and sys.stdin.isatty():  # typed by a person: answer line by line
+        for line in sys.stdin:
+            hypotheses = translate_lines(source, [line], options, args.batch_size, False)
+            print(format_translation(source.wordpieces, hypotheses[0], options.nbest), flush=True)
+        return 0
+
+    lines = read_lines(args.input)
+    progress = args.input != STDIN and not args.no_progress
+    results = translate_lines(source, lines, options, args.batch_size, progress)
+    text = "".join(
+        format_translation(source.wordpieces, hypotheses, options.nbest) + "\n"
+        for hypotheses in results
+    )
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomically(args.output, text)
+    return 0

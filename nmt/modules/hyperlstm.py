@@ -1,0 +1,359 @@
+"""HyperLSTM cell (Ha, Dai & Le 2016, appendix A.2.2/A.2.3), with and without layer norm.
+
+Per step, gates y in (i, f, o, g) (gate-major tensors, see nmt/modules/lstm.py):
+
+    hyper cell: layer-norm LSTM with N_hyper units over [h_{t-1}; x_t] -> h^_t
+    z_h = W_hh h^_t + b_hh,  z_x = W_hx h^_t + b_hx,  z_b = W_hb h^_t        (N_z per gate)
+    y   = LN( d_h(z_h) * (W_h h_{t-1}) + d_x(z_x) * (W_x x_t) + W_bz z_b + b_0 ),  d = W_z z
+    c_t = sigmoid(f) c_{t-1} + sigmoid(i) dropout(tanh(g)),  h_t = sigmoid(o) tanh(LN(c_t))
+
+(LN off in the plain variant.) Because d_x(z_x) * (W_x x_t) only rescales rows of an ordinary
+projection, W_x x_t and the hyper cell's x_t part are one matrix product over all steps before
+the recurrence. The recurrence runs in ``_HyperLSTMSequence``, an autograd function whose
+backward keeps every step's gradients and forms all weight gradients as a few large products
+after the backward loop.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.modules.lstm import (
+    FORGET_GATE,
+    NUM_GATES,
+    Affine,
+    GateMath,
+    LayerNormLSTMCell,
+    NormGrads,
+    batch_first_outputs,
+    dropout_mask,
+    gate_math,
+    lstm_pointwise,
+    orthogonal_gates_,
+)
+from nmt.modules.padding import SequenceEnds, State
+
+NUM_Z = 3 * NUM_GATES  # z_h, z_x, z_b for each gate
+Z_SCALE_INIT = 0.1  # d_h and d_x start at exactly this value per row
+Z_BIAS_STD = 0.01  # std of the z_b projection's initial weights
+
+
+class HyperWeights(NamedTuple):
+    """The cell's parameters arranged for the recurrence (built once per sequence)."""
+
+    recurrent: Tensor  # (4H + 4N_hyper, H): [W_h; hyper cell's W for h_{t-1}]
+    hyper_recurrent: Tensor  # (4N_hyper, N_hyper): hyper cell's W for h^_{t-1}
+    z_weight: Tensor  # (12 N_z, N_hyper): z_h, z_x, z_b projections, gate-major within each
+    z_bias: Tensor  # (12 N_z,): b_hh, b_hx, then zeros (z_b has no bias)
+    d_weight: Tensor  # (12, N_z, H): W_hz, W_xz, W_bz per gate
+    d_bias: Tensor  # (12, 1, H): zeros for d_h, d_x; b_0 (+ forget bias without LN)
+    gate_norm: Affine | None
+    cell_norm: Affine | None
+    hyper_gate_norm: Affine
+    hyper_cell_norm: Affine
+
+
+class _StepCache(NamedTuple):
+    recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4H + 4N_hyper)
+    z: Tensor  # (B, 12 N_z)
+    scalings: Tensor  # d = W_z z, (12, B, H)
+    hyper: object  # PointwiseCache of the hyper cell
+    main: object  # PointwiseCache of the main cell
+
+
+def hyper_step(
+    x_main: Tensor,
+    x_hyper: Tensor,
+    state: State,
+    w: HyperWeights,
+    g_mask: Tensor | None,
+    hyper_g_mask: Tensor | None,
+    math: GateMath | None = None,
+) -> tuple[State, _StepCache]:
+    """One step. x_main = W_x x_t as (4, B, H); x_hyper = hyper cell's x_t part, (B, 4N_hyper)."""
+    h, c, hyper_h, hyper_c = state
+    batch, hidden = h.shape
+    hyper_units = hyper_h.shape[-1]
+    products = h @ w.recurrent.t()
+    split = NUM_GATES * hidden
+    h_part = products[:, :split].view(batch, NUM_GATES, hidden).transpose(0, 1)
+    hyper_pre = torch.addmm(products[:, split:] + x_hyper, hyper_h, w.hyper_recurrent.t())
+    hyper_pre = hyper_pre.view(batch, NUM_GATES, hyper_units).transpose(0, 1)
+    pointwise = lstm_pointwise if math is None else math.forward
+    hyper_h, hyper_c, hyper_cache = pointwise(
+        hyper_pre, hyper_c, w.hyper_gate_norm, w.hyper_cell_norm, hyper_g_mask
+    )
+    z = torch.addmm(w.z_bias, hyper_h, w.z_weight.t())
+    z_size = w.d_weight.shape[1]
+    d = torch.baddbmm(w.d_bias, z.view(batch, NUM_Z, z_size).transpose(0, 1), w.d_weight)
+    pre = torch.addcmul(torch.addcmul(d[8:], d[:4], h_part), d[4:8], x_main)
+    h, c, main_cache = pointwise(pre, c, w.gate_norm, w.cell_norm, g_mask)
+    return (h, c, hyper_h, hyper_c), _StepCache(products, z, d, hyper_cache, main_cache)
+
+
+class _HyperLSTMSequence(torch.autograd.Function):
+    """The whole recurrence with a hand-written backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx, projected, h0, c0, hyper_h0, hyper_c0, recurrent, hyper_recurrent, z_weight,
+        z_bias, d_weight, d_bias, gate_w, gate_b, cell_w, cell_b, hyper_gate_w, hyper_gate_b,
+        hyper_cell_w, hyper_cell_b, g_mask, hyper_g_mask, lengths, compiled,
+    ):  # fmt: skip
+        math = gate_math(compiled)
+        weights = _weights(
+            recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias, gate_w, gate_b,
+            cell_w, cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w, hyper_cell_b,
+        )  # fmt: skip
+        steps, batch, _ = projected.shape
+        hidden = h0.shape[-1]
+        split = NUM_GATES * hidden
+        x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
+        x_hyper = projected[..., split:]
+        states = [[h0], [c0], [hyper_h0], [hyper_c0]]  # per step, from the initial state
+        caches = []
+        for t in range(steps):
+            state, cache = hyper_step(
+                x_main[t], x_hyper[t], tuple(s[t] for s in states), weights,
+                None if g_mask is None else g_mask[t],
+                None if hyper_g_mask is None else hyper_g_mask[t], math,
+            )  # fmt: skip
+            for history, value in zip(states, state, strict=True):
+                history.append(value)
+            caches.append(cache)
+        ends = SequenceEnds(lengths, steps, batch, h0.device)
+        hs, hyper_hs = torch.stack(states[0]), torch.stack(states[2])
+        ctx.caches, ctx.cells, ctx.hyper_cells = caches, states[1], states[3]
+        ctx.ends, ctx.compiled = ends, compiled
+        ctx.save_for_backward(
+            projected, hs, hyper_hs, recurrent, hyper_recurrent, z_weight, d_weight, gate_w,
+            cell_w, hyper_gate_w, hyper_cell_w, g_mask, hyper_g_mask,
+        )  # fmt: skip
+        ctx.set_materialize_grads(False)
+        final_c, final_hyper_c = (ends.gather(torch.stack(s[1:])) for s in (states[1], states[3]))
+        outputs = hs[1:]
+        return outputs, ends.gather(outputs), final_c, ends.gather(hyper_hs[1:]), final_hyper_c
+
+    @staticmethod
+    def backward(ctx, grad_outputs, *grad_finals):
+        (
+            projected, hs, hyper_hs, recurrent, hyper_recurrent, z_weight, d_weight, gate_w,
+            cell_w, hyper_gate_w, hyper_cell_w, g_mask, hyper_g_mask,
+        ) = ctx.saved_tensors  # fmt: skip
+        caches, cs, hyper_cs, ends = ctx.caches, ctx.cells, ctx.hyper_cells, ctx.ends
+        pointwise_backward = gate_math(ctx.compiled).backward
+        layer_norm = gate_w is not None
+        gate_norm = Affine(gate_w.unsqueeze(1), None) if layer_norm else None
+        cell_norm = Affine(cell_w, None) if layer_norm else None
+        hyper_gate_norm = Affine(hyper_gate_w.unsqueeze(1), None)
+        hyper_cell_norm = Affine(hyper_cell_w, None)
+        steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        hyper_units = hyper_hs.shape[-1]
+        split = NUM_GATES * hidden
+        z_size = d_weight.shape[1]
+        x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
+
+        grad_projected = torch.empty_like(projected)
+        grad_products = torch.empty_like(projected)  # d (h_{t-1} @ recurrent.T)
+        d_weight_t = d_weight.transpose(1, 2).contiguous()
+        grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
+        grad_d_weight = d_weight.new_zeros(d_weight.shape)
+        grad_bias_rows = hs.new_zeros(NUM_GATES, batch, hidden)
+        grad_z = hs.new_empty(steps, batch, NUM_Z * z_size)
+        grad = [torch.zeros_like(s[0]) for s in (hs, hs, hyper_hs, hyper_hs)]
+        main_norm_grads = NormGrads(gate_norm, cell_norm, hs[0])
+        hyper_norm_grads = NormGrads(hyper_gate_norm, hyper_cell_norm, hyper_hs[0])
+
+        def gate_major(t_rows: Tensor, units: int) -> Tensor:
+            return t_rows.view(batch, NUM_GATES, units).transpose(0, 1)
+
+        for t in reversed(range(steps)):
+            if grad_outputs is not None:
+                grad[0] = grad[0] + grad_outputs[t]
+            grad = [ends.inject(t, g, final) for g, final in zip(grad, grad_finals, strict=True)]
+            cache = caches[t]
+            grad_pre, grad_c_prev = pointwise_backward(
+                grad[0], grad[1], cs[t], cache.main, gate_norm, cell_norm,
+                None if g_mask is None else g_mask[t], main_norm_grads,
+            )  # fmt: skip
+            h_part = gate_major(cache.recurrent_products[:, :split], hidden)
+            d = cache.scalings
+            torch.mul(grad_pre, h_part, out=grad_d[:4])
+            torch.mul(grad_pre, x_main[t], out=grad_d[4:8])
+            grad_d[8:] = grad_pre
+            grad_bias_rows += grad_pre
+            grad_d_weight.baddbmm_(cache.z.view(batch, NUM_Z, z_size).permute(1, 2, 0), grad_d)
+            torch.mul(grad_pre, d[:4], out=gate_major(grad_products[t, :, :split], hidden))
+            torch.mul(grad_pre, d[4:8], out=gate_major(grad_projected[t, :, :split], hidden))
+            grad_z_t = grad_z[t]
+            grad_z_t.view(batch, NUM_Z, z_size).transpose(0, 1).copy_(torch.bmm(grad_d, d_weight_t))
+            grad_hyper_h = torch.addmm(grad[2], grad_z_t, z_weight)
+            grad_hyper_pre, grad_hyper_c_prev = pointwise_backward(
+                grad_hyper_h, grad[3], hyper_cs[t], cache.hyper, hyper_gate_norm,
+                hyper_cell_norm, None if hyper_g_mask is None else hyper_g_mask[t],
+                hyper_norm_grads,
+            )  # fmt: skip
+            gate_major(grad_products[t, :, split:], hyper_units).copy_(grad_hyper_pre)
+            grad_projected[t, :, split:] = grad_products[t, :, split:]
+            grad[0] = grad_products[t] @ recurrent
+            grad[1] = grad_c_prev
+            grad[2] = grad_products[t, :, split:] @ hyper_recurrent
+            grad[3] = grad_hyper_c_prev
+
+        rows = steps * batch
+        flat_products = grad_products.view(rows, -1)
+        grad_recurrent = flat_products.t() @ hs[:-1].reshape(rows, hidden)
+        grad_hyper_recurrent = flat_products[:, split:].t() @ hyper_hs[:-1].reshape(
+            rows, hyper_units
+        )
+        flat_z = grad_z.view(rows, -1)
+        grad_z_weight = flat_z.t() @ hyper_hs[1:].reshape(rows, hyper_units)
+        grad_z_bias = flat_z.sum(0)
+        grad_d_bias = torch.cat([grad_bias_rows.new_zeros(8, hidden), grad_bias_rows.sum(1)])
+        grad_d_bias = grad_d_bias.unsqueeze(1)
+
+        grad_gate_w, grad_gate_b, grad_cell_w, grad_cell_b = main_norm_grads.totals()
+        grad_hyper_norms = hyper_norm_grads.totals()
+        return (
+            grad_projected, *grad, grad_recurrent, grad_hyper_recurrent, grad_z_weight,
+            grad_z_bias, grad_d_weight, grad_d_bias, grad_gate_w, grad_gate_b, grad_cell_w,
+            grad_cell_b, *grad_hyper_norms, None, None, None, None,
+        )  # fmt: skip
+
+
+def _weights(
+    recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias, gate_w, gate_b, cell_w,
+    cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w, hyper_cell_b,
+) -> HyperWeights:  # fmt: skip
+    layer_norm = gate_w is not None
+    return HyperWeights(
+        recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias,
+        Affine(gate_w.unsqueeze(1), gate_b.unsqueeze(1)) if layer_norm else None,
+        Affine(cell_w, cell_b) if layer_norm else None,
+        Affine(hyper_gate_w.unsqueeze(1), hyper_gate_b.unsqueeze(1)),
+        Affine(hyper_cell_w, hyper_cell_b),
+    )  # fmt: skip
+
+
+class HyperLSTMCell(nn.Module):
+    """HyperLSTM cell; ``layer_norm`` switches the main cell's layer norms (the hyper cell is
+    always a layer-norm LSTM, as in the paper)."""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, hyper_size: int = 128, embedding_size: int = 32,
+        layer_norm: bool = True, forget_bias: float = 1.0, recurrent_dropout: float = 0.0,
+        compile: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.hyper_size, self.embedding_size = hyper_size, embedding_size
+        self.layer_norm, self.forget_bias = layer_norm, forget_bias
+        self.recurrent_dropout = recurrent_dropout
+        self.compile = compile  # fuse the gate arithmetic with torch.compile
+        gates, n_z = NUM_GATES * hidden_size, embedding_size
+        self.hyper = LayerNormLSTMCell(
+            hidden_size + input_size, hyper_size, forget_bias, recurrent_dropout
+        )
+        self.input_weight = nn.Parameter(orthogonal_gates_(torch.empty(gates, input_size)))
+        self.recurrent_weight = nn.Parameter(orthogonal_gates_(torch.empty(gates, hidden_size)))
+        # z_h, z_x (weight 0, bias 1) and z_b (weight N(0, 0.01), no bias)
+        self.z_weight = nn.Parameter(torch.zeros(NUM_Z * n_z, hyper_size))
+        nn.init.normal_(self.z_weight[2 * NUM_GATES * n_z :], std=Z_BIAS_STD)
+        self.z_bias = nn.Parameter(torch.ones(2 * NUM_GATES * n_z))
+        # d_h = W_hz z_h, d_x = W_xz z_x (constant 0.1/N_z), W_bz z_b (zero): (12, N_z, H)
+        self.d_weight = nn.Parameter(torch.zeros(NUM_Z, n_z, hidden_size))
+        with torch.no_grad():
+            self.d_weight[: 2 * NUM_GATES] = Z_SCALE_INIT / n_z
+        self.bias = nn.Parameter(torch.zeros(NUM_GATES, hidden_size))  # b_0
+        if layer_norm:
+            self.gate_norm_weight = nn.Parameter(torch.ones(NUM_GATES, hidden_size))
+            self.gate_norm_bias = nn.Parameter(torch.zeros(NUM_GATES, hidden_size))
+            self.cell_norm_weight = nn.Parameter(torch.ones(hidden_size))
+            self.cell_norm_bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
+        def zeros(n: int) -> Tensor:
+            return torch.zeros(batch_size, n, device=device, dtype=dtype)
+
+        return (
+            zeros(self.hidden_size),
+            zeros(self.hidden_size),
+            zeros(self.hyper_size),
+            zeros(self.hyper_size),
+        )
+
+    def _forget_shift(self) -> Tensor:
+        shift = torch.zeros_like(self.bias)
+        shift[FORGET_GATE] = self.forget_bias
+        return shift
+
+    def _parameters_for_recurrence(self) -> tuple[Tensor, ...]:
+        """Parameters in ``_HyperLSTMSequence``'s order (combined where the loop wants them)."""
+        hidden = self.hidden_size
+        hyper_h_weight = self.hyper.input_weight[:, :hidden]
+        recurrent = torch.cat([self.recurrent_weight, hyper_h_weight])
+        z_bias = torch.cat([self.z_bias, self.z_bias.new_zeros(NUM_GATES * self.embedding_size)])
+        bias = self.bias if self.layer_norm else self.bias + self._forget_shift()
+        d_bias = torch.cat([bias.new_zeros(2 * NUM_GATES, hidden), bias]).unsqueeze(1)
+        if self.layer_norm:
+            norms = (
+                self.gate_norm_weight, self.gate_norm_bias + self._forget_shift(),
+                self.cell_norm_weight, self.cell_norm_bias,
+            )  # fmt: skip
+        else:
+            norms = (None, None, None, None)
+        hyper = self.hyper
+        return (
+            recurrent, hyper.recurrent_weight, self.z_weight, z_bias, self.d_weight, d_bias,
+            *norms, hyper.gate_norm_weight, hyper.gate_bias(), hyper.cell_norm_weight,
+            hyper.cell_norm_bias,
+        )  # fmt: skip
+
+    def _input_weight(self) -> Tensor:
+        """[W_x; hyper cell's W for x_t]: both input-side projections in one product."""
+        return torch.cat([self.input_weight, self.hyper.input_weight[:, self.hidden_size :]])
+
+    def _masks(self, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        p = self.recurrent_dropout
+        hyper_shape = (*shape, self.hyper_size)
+        main = dropout_mask(p, (*shape, self.hidden_size), like, self.training)
+        return main, dropout_mask(p, hyper_shape, like, self.training)
+
+    def forward(self, inputs: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        batch, steps = inputs.shape[:2]
+        projected = F.linear(inputs.transpose(0, 1), self._input_weight())
+        g_mask, hyper_g_mask = self._masks((steps, batch), inputs)
+        outputs, *final = _HyperLSTMSequence.apply(
+            projected, *state, *self._parameters_for_recurrence(), g_mask, hyper_g_mask,
+            lengths, self.compile,
+        )  # fmt: skip
+        return batch_first_outputs(outputs, lengths), tuple(final)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        batch, split = x.shape[0], NUM_GATES * self.hidden_size
+        projected = F.linear(x, self._input_weight())
+        x_main = projected[:, :split].view(batch, NUM_GATES, self.hidden_size).transpose(0, 1)
+        weights = _weights(*self._parameters_for_recurrence())
+        g_mask, hyper_g_mask = self._masks((batch,), x)
+        state, _ = hyper_step(x_main, projected[:, split:], state, weights, g_mask, hyper_g_mask)
+        return state[0], state
+
+    @torch.no_grad()
+    def weight_scalings(self, inputs: Tensor, state: State | None = None) -> dict[str, Tensor]:
+        """d_h and d_x at every step, (B, T, 4H) each, gates in (i, f, o, g) order."""
+        batch, steps = inputs.shape[:2]
+        state = state or self.initial_state(batch, inputs.device, inputs.dtype)
+        projected = F.linear(inputs, self._input_weight())
+        split = NUM_GATES * self.hidden_size
+        weights = _weights(*self._parameters_for_recurrence())
+        d_h, d_x = [], []
+        for t in range(steps):
+            x_main = projected[:, t, :split].view(batch, NUM_GATES, -1).transpose(0, 1)
+            state, cache = hyper_step(x_main, projected[:, t, split:], state, weights, None, None)
+            d_h.append(cache.scalings[:4].transpose(0, 1).reshape(batch, split))
+            d_x.append(cache.scalings[4:8].transpose(0, 1).reshape(batch, split))
+        return {"d_h": torch.stack(d_h, 1), "d_x": torch.stack(d_x, 1)}

@@ -1,0 +1,1 @@
+"""Drawing the papers' pictures as PNG files (matplotlib, no display needed)."""

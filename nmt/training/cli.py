@@ -1,0 +1,69 @@
+"""``nmt fit|validate|test --config configs/<experiment>.yaml``: LightningCLI over any task.
+
+Configs name the task and its data by ``class_path`` (``subclass_mode``), so the translation
+model, the ConvNet and the character LM share this one entry point. Every run gets two
+ModelCheckpoint callbacks in one directory: ``checkpoint`` keeps the best (configs choose what it
+monitors, e.g. validation BLEU) and ``last_checkpoint`` rewrites ``last.ckpt`` for
+``--ckpt_path last``. Checkpoint files are written atomically, and the data modules' rank-aware
+samplers are left in place under DDP.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from nmt.training.checkpoint_io import AtomicCheckpointIO
+
+
+class TrainingCLI(LightningCLI):
+    """LightningCLI with a best and a last checkpoint, atomic checkpoint files, and samplers
+    left to the data modules."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The best checkpoint: configs set what it monitors (e.g. val/bleu, mode max).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt, rewritten at every validation (and every_n_train_steps): Lightning's own
+        # save_last only rewrites it when the monitored metric improves.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
+        parser.set_defaults(
+            {
+                "checkpoint.filename": "best-{step}",
+                "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
+                # The data modules split each epoch between ranks themselves.
+                "trainer.use_distributed_sampler": False,
+            }
+        )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if config.get("enable_checkpointing") is False:  # then Lightning refuses checkpoints
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super()._instantiate_trainer({**config, "plugins": plugins}, callbacks)
+
+
+def main(argv: list[str]) -> int:
+    """argv[0] is the LightningCLI subcommand: fit, validate or test."""
+    # ``nmt`` passes its own argv explicitly; LightningCLI warns whenever sys.argv is also set.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    TrainingCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+    )
+    return 0

@@ -1,0 +1,63 @@
+"""The part every endpoint shares: load a bundle in each model worker, record batch sizes.
+
+LitServe runs ``setup`` once in each (spawned) model worker, then hands ``predict`` one request,
+or a list of up to ``max_batch_size`` requests that arrived within ``batch_timeout`` of each other.
+Subclasses implement ``predict_batch`` for a list either way.
+
+No ``from __future__ import annotations`` in the endpoint modules: LitServe reads the request and
+response types from the annotations of ``decode_request`` and ``encode_response`` as objects.
+"""
+
+from abc import abstractmethod
+from typing import Any
+
+import litserve as ls
+
+from serve.stats import BatchStats
+
+
+class BundleAPI(ls.LitAPI):
+    """One endpoint served from one bundle directory."""
+
+    def __init__(
+        self,
+        bundle: str,
+        api_path: str,
+        *,
+        max_batch_size: int = 1,
+        batch_timeout: float = 0.0,
+        threads: int = 1,
+        quantize: str | None = None,
+    ) -> None:
+        super().__init__(
+            max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path
+        )
+        self.bundle_dir = bundle
+        self.threads = threads
+        self.quantize = quantize
+        self.stats = BatchStats(max_batch_size)
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from nmt.bundle import load_bundle
+
+        torch.set_num_threads(self.threads)
+        self.bundle = load_bundle(self.bundle_dir, quantize=self.quantize)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Per-worker preparation after the bundle is loaded (vocabularies, defaults)."""
+
+    def predict(self, x: Any) -> Any:
+        import torch
+
+        requests = x if self.max_batch_size > 1 else [x]
+        self.stats.record(len(requests))
+        with torch.inference_mode():
+            outputs = self.predict_batch(requests)
+        return outputs if self.max_batch_size > 1 else outputs[0]
+
+    @abstractmethod
+    def predict_batch(self, requests: list[Any]) -> list[Any]:
+        """One output per request, in order."""

@@ -1,0 +1,110 @@
+"""``POST /lm/score`` and ``POST /lm/generate``: the character language model bundle.
+
+Text is read as the model's symbols, one per character. A vocabulary without a space but with
+PTB's word-break symbol ``_`` reads a space as ``_`` (and writes ``_`` back as a space), so plain
+text can be scored by a Penn Treebank model. The end-of-line symbol both precedes and ends a
+scored text, as every line of the training corpus is preceded and ended by one; generation
+likewise starts on a fresh line. A character outside the vocabulary is refused (422).
+"""
+
+from fastapi import HTTPException
+
+from nmt.errors import UserError
+from serve.bundle_api import BundleAPI
+from serve.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
+
+WORD_BREAK = "_"  # PTB's symbol between words
+END_OF_LINE = "\n"  # every prepared character corpus ends each line with this symbol
+
+
+class CharText:
+    """How request text maps to a character vocabulary's ids, and back."""
+
+    def __init__(self, symbols: list[str], where: str = "vocabulary") -> None:
+        self.index = {symbol: i for i, symbol in enumerate(symbols)}
+        self.symbols = symbols
+        if END_OF_LINE not in self.index:
+            raise UserError(f"{where}: no end-of-line symbol; not a prepared character vocabulary")
+        self.end_of_line = self.index[END_OF_LINE]
+        self.space = " " if " " in self.index or WORD_BREAK not in self.index else WORD_BREAK
+
+    def ids(self, text: str, field: str) -> list[int]:
+        """Ids of ``text``; 422 naming the first character the model does not know."""
+        ids = []
+        for position, character in enumerate(text):
+            symbol = self.space if character == " " else character
+            if symbol not in self.index:
+                raise HTTPException(
+                    422, f"{field}[{position}]: character {character!r} is not in the vocabulary"
+                )
+            ids.append(self.index[symbol])
+        return ids
+
+    def text(self, ids: list[int]) -> str:
+        return "".join(" " if self.symbols[i] == self.space else self.symbols[i] for i in ids)
+
+
+class LMScoreAPI(BundleAPI):
+    """Bits per character of a text under the model."""
+
+    def __init__(self, bundle: str, **options) -> None:
+        super().__init__(bundle, "/lm/score", **options)
+
+    def prepare(self) -> None:
+        self.char_text = CharText(self.bundle.vocabulary.symbols, str(self.bundle.directory))
+
+    def decode_request(self, request: ScoreRequest) -> list[int]:
+        ids = self.char_text.ids(request.text, "text")
+        return [self.char_text.end_of_line, *ids, self.char_text.end_of_line]
+
+    def predict_batch(self, requests: list[list[int]]) -> list[ScoreResponse]:
+        import math
+
+        import torch
+
+        responses = []
+        for ids in requests:
+            sequence = torch.tensor([ids])
+            logits, _ = self.bundle.model(sequence[:, :-1])
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            nll = -log_probs.gather(-1, sequence[:, 1:, None]).mean().item()
+            responses.append(
+                ScoreResponse(bits_per_character=nll / math.log(2), characters=len(ids) - 1)
+            )
+        return responses
+
+    def encode_response(self, output: ScoreResponse) -> ScoreResponse:
+        return output
+
+
+class LMGenerateAPI(BundleAPI):
+    """Continue a prefix by sampling characters at a temperature."""
+
+    def __init__(self, bundle: str, **options) -> None:
+        super().__init__(bundle, "/lm/generate", **options)
+
+    def prepare(self) -> None:
+        self.char_text = CharText(self.bundle.vocabulary.symbols, str(self.bundle.directory))
+
+    def decode_request(self, request: GenerateRequest) -> tuple[list[int], GenerateRequest]:
+        prefix = [self.char_text.end_of_line, *self.char_text.ids(request.prefix, "prefix")]
+        return prefix, request
+
+    def predict_batch(self, requests: list[tuple[list[int], GenerateRequest]]) -> list:
+        import torch
+
+        responses = []
+        for prefix, request in requests:
+            generator = torch.Generator()
+            if request.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(request.seed)
+            ids = self.bundle.model.sample(
+                prefix, request.length, temperature=request.temperature, generator=generator
+            )
+            responses.append(GenerateResponse(text=self.char_text.text(ids)))
+        return responses
+
+    def encode_response(self, output: GenerateResponse) -> GenerateResponse:
+        return output

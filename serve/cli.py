@@ -1,0 +1,120 @@
+"""``nmt serve`` / ``nmt-serve``: serve exported bundles over HTTP until SIGINT or SIGTERM.
+
+Either signal to the server's main process stops the HTTP and model worker processes before it
+exits (LitServe's graceful shutdown; SIGTERM is turned into the same path as Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from dataclasses import fields
+
+from nmt.bundle import QUANTIZATIONS
+from nmt.errors import UserError
+from serve.app import ServeOptions, build_server
+
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the binds LitServe accepts
+DEFAULTS = ServeOptions()
+WORKER_JOIN_SECONDS = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt serve",
+        description="Serve exported bundles: POST /translate, /classify, /lm/score, "
+        "/lm/generate; GET /health, /models, /stats, /docs.",
+    )
+    parser.add_argument("--translate", metavar="BUNDLE", help="translation bundle directory")
+    parser.add_argument("--classify", metavar="BUNDLE", help="MNIST ConvNet bundle directory")
+    parser.add_argument("--lm", metavar="BUNDLE", help="character language model bundle directory")
+    parser.add_argument("--host", default="127.0.0.1", choices=HOSTS)
+    parser.add_argument("--port", type=int, default=8000, help="1024-65535 (default 8000)")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULTS.workers, help="model worker processes per endpoint"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULTS.threads,
+        help=f"torch threads per model worker (default {DEFAULTS.threads})",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULTS.max_batch_size,
+        help=f"requests decoded together (default {DEFAULTS.max_batch_size})",
+    )
+    parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=DEFAULTS.batch_timeout,
+        help=f"seconds a batch waits to fill (default {DEFAULTS.batch_timeout})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULTS.timeout,
+        help=f"seconds a request may wait for a worker before a 504 (default {DEFAULTS.timeout})",
+    )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZATIONS, help="quantise float bundles' linear layers at load"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1024 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be between 1024 and 65535")
+    options = ServeOptions(**{f.name: getattr(args, f.name) for f in fields(ServeOptions)})
+    server = build_server(options)
+    previous = signal.signal(signal.SIGTERM, _interrupt_in(os.getpid()))
+    try:
+        server.run(
+            host=args.host,
+            port=args.port,
+            num_api_servers=1,
+            log_level=args.log_level,
+            generate_client_file=False,
+        )
+    except RuntimeError as error:  # LitServe: a model worker failed to start
+        raise UserError(f"the server could not start: {error} (see the log above)") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_workers(server)
+    return 0
+
+
+def _interrupt_in(main_pid: int):
+    """A SIGTERM handler: Ctrl-C's path in the main process, the default in forked children.
+
+    LitServe forks its HTTP worker after this handler is installed; uvicorn there re-raises the
+    SIGTERM it receives at shutdown, which must end that process quietly.
+    """
+
+    def handler(signum: int, frame) -> None:
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return handler
+
+
+def _stop_workers(server) -> None:
+    """End any model worker still alive (a signal during start-up skips LitServe's shutdown)."""
+    for process in getattr(server, "inference_workers", []):
+        if process.is_alive():
+            process.terminate()
+            process.join(WORKER_JOIN_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    manager = getattr(server.transport_config, "manager", None)
+    if manager is not None:
+        manager.shutdown()

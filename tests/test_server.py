@@ -1,0 +1,367 @@
+"""The HTTP server, for real: `nmt serve` on 127.0.0.1 on a free port, started and stopped here.
+
+One server per module serves tiny untrained bundles of all three tasks (its start-up is the
+slow part). Answers are checked against the same bundles run in this process; concurrent
+requests must come back right and must have been decoded together; every bad input gets a 4xx
+and the server keeps serving; SIGTERM and SIGINT leave no process behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import torch
+from test_bundle import (
+    TEST_DECODING,
+    multi30k_lines,
+    tiny_char_lm,
+    tiny_classifier,
+    tiny_translation_model,
+    train_wordpieces,
+)
+
+from nmt.bundle import load_bundle, read_manifest, write_bundle
+from nmt.decoding import translate_texts
+
+STARTUP_SECONDS = 180  # generous: the workers import torch on a shared, busy machine
+SHUTDOWN_SECONDS = 60
+MAX_BATCH_SIZE = 16
+BATCH_TIMEOUT = 0.2  # wide enough that concurrent test requests surely meet in one batch
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+    bundles: dict[str, Path]
+
+    def post(self, path: str, body) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=60)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(directory: Path, bundle_args: list[str], bundles: dict[str, Path]) -> Server:
+    port = free_port()
+    log = directory / f"server-{port}.log"
+    command = [sys.executable, "-m", "nmt.cli", "serve", *bundle_args, "--port", str(port)]
+    command += ["--max-batch-size", str(MAX_BATCH_SIZE), "--batch-timeout", str(BATCH_TIMEOUT)]
+    command += ["--log-level", "warning"]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=directory)
+    server = Server(f"http://127.0.0.1:{port}", process, log, bundles)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if server.get("/health").status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    pytest.fail(f"the server was not healthy after {STARTUP_SECONDS} s:\n{log.read_text()}")
+
+
+def stop_server(server: Server, signum: int = signal.SIGTERM) -> list[psutil.Process]:
+    """Signal the main process by PID; return the processes that outlived it (then kill them)."""
+    try:
+        family = [psutil.Process(server.process.pid)]
+        family += family[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    if server.process.poll() is None:
+        server.process.send_signal(signum)
+    try:
+        server.process.wait(SHUTDOWN_SECONDS)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for process in alive:
+        process.kill()
+    return alive
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, shared_data) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("bundles")
+    wordpieces = train_wordpieces(shared_data)
+    lm, symbols = tiny_char_lm(shared_data)
+    return {
+        "translate": write_bundle(
+            directory / "en-de",
+            task="translation",
+            model=tiny_translation_model(),
+            wordpieces=wordpieces.model_bytes,
+            decoding=TEST_DECODING,
+        ),
+        "classify": write_bundle(directory / "mnist", task="classify", model=tiny_classifier()),
+        "lm": write_bundle(directory / "ptb", task="char_lm", model=lm, vocabulary=symbols),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, bundles) -> Server:
+    args = [item for task, path in bundles.items() for item in (f"--{task}", str(path))]
+    running = start_server(tmp_path_factory.mktemp("serve"), args, bundles)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def loaded(bundles) -> dict:
+    torch.set_num_threads(1)
+    return {task: load_bundle(path) for task, path in bundles.items()}
+
+
+def in_process_translations(bundle, texts: list[str], nbest: int = 1) -> list[list[tuple]]:
+    options = (
+        TEST_DECODING
+        if nbest == 1
+        else TEST_DECODING.__class__(**{**TEST_DECODING.to_dict(), "nbest": nbest})
+    )
+    found = translate_texts(bundle.model, bundle.wordpieces, texts, options, batch_size=64)
+    return [[(bundle.wordpieces.decode(h.tokens), h.score) for h in hyps] for hyps in found]
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+def test_health_models_and_openapi(server):
+    assert server.get("/health").status_code == 200
+    models = server.get("/models").json()
+    assert set(models["models"]) == {"translation", "classify", "char_lm"}
+    translation = models["models"]["translation"]
+    assert translation["manifest"] == read_manifest(server.bundles["translate"])
+    assert translation["decoding"]["beam_size"] == TEST_DECODING.beam_size
+    assert translation["endpoints"]["/translate"]["max_batch_size"] == MAX_BATCH_SIZE
+    assert set(models["models"]["char_lm"]["endpoints"]) == {"/lm/score", "/lm/generate"}
+    assert models["limits"]["max_beam_size"] >= 1
+
+    schema = server.get("/openapi.json").json()
+    for path in ("/translate", "/classify", "/lm/score", "/lm/generate"):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].startswith("#/components/schemas/")
+        assert "200" in schema["paths"][path]["post"]["responses"]
+    for path in ("/health", "/models", "/stats"):
+        assert "get" in schema["paths"][path]
+    assert "beam_size" in schema["components"]["schemas"]["TranslateRequest"]["properties"]
+
+
+def test_translate_as_in_process(server, loaded, shared_data):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 5)
+    expected = in_process_translations(loaded["translate"], texts, nbest=2)
+    answer = server.post("/translate", {"text": texts, "nbest": 2})
+    assert answer.status_code == 200, answer.text
+    translations = answer.json()["translations"]
+    assert len(translations) == len(texts)
+    for translation, hypotheses in zip(translations, expected, strict=True):
+        assert translation["text"] == hypotheses[0][0]
+        assert [c["text"] for c in translation["nbest"]] == [text for text, _ in hypotheses]
+        assert [c["score"] for c in translation["nbest"]] == pytest.approx(
+            [score for _, score in hypotheses], rel=1e-4
+        )
+    one = server.post("/translate", {"text": texts[0]}).json()["translations"]
+    assert [t["text"] for t in one] == [expected[0][0][0]] and one[0]["nbest"] is None
+
+
+def test_concurrent_requests_are_served_right_and_batched(server, loaded, shared_data):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 12)
+    expected = [hyps[0][0] for hyps in in_process_translations(loaded["translate"], texts)]
+    before = server.get("/stats").json()["/translate"]["histogram"]
+    start = threading.Barrier(len(texts))
+
+    def translate_one(text: str) -> str:
+        start.wait()
+        answer = server.post("/translate", {"text": text})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["translations"][0]["text"]
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        assert list(pool.map(translate_one, texts)) == expected
+    after = server.get("/stats").json()["/translate"]["histogram"]
+    new_batches = {int(size): after[size] - before.get(size, 0) for size in after}
+    assert sum(size * n for size, n in new_batches.items()) == len(texts)
+    assert max(size for size, n in new_batches.items() if n) > 1, new_batches
+
+
+def mnist_test_image(shared_data: Path) -> list[list[int]]:
+    from data_prep.mnist import read_idx
+
+    return read_idx(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz")[0].tolist()
+
+
+def png_base64(pixels: list[list[int]], size: int = 28) -> str:
+    from PIL import Image
+
+    image = Image.new("L", (size, size))
+    image.putdata([value for row in pixels for value in row][: size * size])
+    data = io.BytesIO()
+    image.save(data, "PNG")
+    return base64.b64encode(data.getvalue()).decode()
+
+
+def test_classify_pixels_and_png(server, loaded, shared_data):
+    pixels = mnist_test_image(shared_data)
+    with torch.no_grad():  # the model reads intensities in [0, 1]; requests send 0-255
+        logits = loaded["classify"].model(
+            torch.tensor(pixels, dtype=torch.float32)[None, None] / 255
+        )
+    expected = torch.softmax(logits, -1)[0].tolist()
+    for body in ({"pixels": pixels}, {"png": png_base64(pixels)}):
+        answer = server.post("/classify", body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["probabilities"] == pytest.approx(expected, abs=1e-6)
+        assert answer.json()["digit"] == max(range(10), key=expected.__getitem__)
+
+
+def test_lm_score_and_generate(server, loaded):
+    bundle = loaded["lm"]
+    text = "the cat sat"
+    symbols = bundle.vocabulary.symbols
+    index = {symbol: i for i, symbol in enumerate(symbols)}
+    ids = [index["\n"], *(index["_" if c == " " else c] for c in text), index["\n"]]
+    with torch.no_grad():
+        logits, _ = bundle.model(torch.tensor([ids[:-1]]))
+    log_probs = torch.log_softmax(logits, -1)[0, torch.arange(len(ids) - 1), ids[1:]]
+    answer = server.post("/lm/score", {"text": text}).json()
+    assert answer["characters"] == len(text) + 1
+    assert answer["bits_per_character"] == pytest.approx(-log_probs.mean().item() / math.log(2))
+
+    request = {"prefix": "the ", "length": 25, "temperature": 0.8, "seed": 7}
+    first = server.post("/lm/generate", request).json()["text"]
+    assert first == server.post("/lm/generate", request).json()["text"]
+    assert len(first) == 25
+    greedy = server.post("/lm/generate", {**request, "temperature": 0.0}).json()["text"]
+    expected = bundle.model.sample([index["\n"], *(index[c] for c in "the_")], 25, 0.0)
+    assert greedy == "".join(" " if symbols[i] == "_" else symbols[i] for i in expected)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+NAN_PIXELS = b'{"pixels": [' + b",".join([b"[" + b",".join([b"0"] * 28) + b"]"] * 27) + b","
+NAN_PIXELS += b"[" + b",".join([b"0"] * 27 + [b"NaN"]) + b"]]}"
+ZEROS = [[0] * 28 for _ in range(28)]
+
+BAD_INPUTS = {
+    # name: (path, body: JSON-able or raw bytes, expected status, words in the message)
+    "invalid-json": ("/translate", b'{"text": "a"', 422, "not valid JSON"),
+    "invalid-utf8": ("/translate", b'{"text": "a\xff\xfe"}', 400, "UTF-8"),
+    "not-an-object": ("/translate", [1, 2], 422, "JSON object"),
+    "text-wrong-type": ("/translate", {"text": 5}, 422, "string or a list"),
+    "text-empty": ("/translate", {"text": ""}, 422, "at least 1 character"),
+    "text-blank": ("/translate", {"text": ["a dog", "   "]}, 422, "blank"),
+    "texts-empty": ("/translate", {"text": []}, 422, "at least 1 item"),
+    "too-many-texts": ("/translate", {"text": ["a"] * 65}, 422, "at most 64"),
+    "text-too-long": ("/translate", {"text": "a" * 1001}, 422, "at most 1000"),
+    "beam-too-big": ("/translate", {"text": "a", "beam_size": 17}, 422, "beam_size"),
+    "beam-zero": ("/translate", {"text": "a", "beam_size": 0}, 422, "beam_size"),
+    "beam-string": ("/translate", {"text": "a", "beam_size": "5"}, 422, "valid integer"),
+    "nbest-over-beam": ("/translate", {"text": "a", "beam_size": 2, "nbest": 3}, 422, "nbest"),
+    "alpha-nan": ("/translate", b'{"text": "a", "alpha": NaN}', 422, "finite"),
+    "beta-negative": ("/translate", {"text": "a", "beta": -1}, 422, "beta"),
+    "unknown-field": ("/translate", {"text": "a", "beam": 3}, 422, "beam: Extra inputs"),
+    "oversized-body": ("/translate", {"text": "a" * (2 << 20)}, 413, "too large"),
+    "pixel-nan": ("/classify", NAN_PIXELS, 422, "pixels.27.27: Input should be a finite"),
+    "pixel-too-big": ("/classify", {"pixels": [[256] * 28] * 28}, 422, "less than or equal"),
+    "pixel-negative": ("/classify", {"pixels": [[-1] * 28] * 28}, 422, "greater than or equal"),
+    "pixel-string": ("/classify", {"pixels": [["0"] * 28] * 28}, 422, "valid number"),
+    "rows-missing": ("/classify", {"pixels": ZEROS[:27]}, 422, "at least 28"),
+    "row-too-long": ("/classify", {"pixels": [[0] * 29] * 28}, 422, "at most 28"),
+    "no-image": ("/classify", {}, 422, "exactly one"),
+    "two-images": ("/classify", {"pixels": ZEROS, "png": "AAAA"}, 422, "png"),
+    "png-not-base64": ("/classify", {"png": "not base64!"}, 422, "base64"),
+    "png-not-png": ("/classify", {"png": base64.b64encode(b"GIF89a").decode()}, 422, "PNG"),
+    "score-empty": ("/lm/score", {"text": ""}, 422, "at least 1 character"),
+    "score-unknown-char": ("/lm/score", {"text": "caf\u00e9"}, 422, "'\u00e9' is not in"),
+    "generate-too-long": ("/lm/generate", {"length": 1001}, 422, "length"),
+    "generate-zero": ("/lm/generate", {"length": 0}, 422, "length"),
+    "temperature-high": ("/lm/generate", {"temperature": 50}, 422, "temperature"),
+    "temperature-nan": ("/lm/generate", b'{"temperature": NaN}', 422, "temperature"),
+    "prefix-unknown-char": ("/lm/generate", {"prefix": "\u4e2d"}, 422, "prefix[0]"),
+}
+GOOD = {
+    "/translate": {"text": "A dog runs."},
+    "/classify": {"pixels": ZEROS},
+    "/lm/score": {"text": "a dog"},
+    "/lm/generate": {"length": 5},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_4xx_then_the_server_keeps_serving(server, case):
+    path, body, status, words = BAD_INPUTS[case]
+    if isinstance(body, bytes):
+        answer = requests.post(
+            server.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=60
+        )
+    else:
+        answer = server.post(path, body)
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["detail"], answer.text
+    good = server.post(path, GOOD[path])
+    assert good.status_code == 200, good.text
+
+
+def test_png_of_the_wrong_size_is_refused(server):
+    answer = server.post("/classify", {"png": png_base64([[0] * 30] * 30, size=30)})
+    assert answer.status_code == 422 and "30x30" in answer.json()["detail"]
+
+
+def test_model_workers_import_neither_lightning_nor_deepspeed(bundles):
+    """What a model worker runs (build the server, set each endpoint up), in a fresh process."""
+    paths = {task: str(path) for task, path in bundles.items()}
+    script = f"""
+import sys
+from serve.app import ServeOptions, build_server
+server = build_server(ServeOptions(**{paths!r}))
+for api in server.litapi_connector:
+    api.setup("cpu")
+heavy = [name for name in sys.modules if name.split(".")[0] in ("lightning", "deepspeed")]
+assert not heavy, heavy
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------- shutdown
+
+
+def test_sigint_stops_every_process(tmp_path, bundles):
+    small = start_server(tmp_path, ["--classify", str(bundles["classify"])], bundles)
+    assert small.post("/classify", GOOD["/classify"]).status_code == 200
+    assert stop_server(small, signal.SIGINT) == []
+    assert "Traceback" not in small.log.read_text(), small.log.read_text()
+
+
+def test_sigterm_stops_every_process(server):
+    """Last in this module: it stops the module's server."""
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+    assert len(workers) >= 4  # a model worker per endpoint, the HTTP worker, the queue manager
+    assert stop_server(server, signal.SIGTERM) == []
+    assert server.process.returncode == 0
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()
