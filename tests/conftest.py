@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tiny test models run faster on one thread than on two (thread start-up and contention cost
+# more than they save); set before torch is imported, and inherited by spawned processes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

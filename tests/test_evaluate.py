@@ -303,3 +303,20 @@ def test_average_last_checkpoints(corpus_dir, tmp_path, capsys):
 
     code, _, err = run_nmt(capsys, "average", run, "--last", 4, "--out", out)
     assert code == 2 and "only 3 checkpoint(s)" in err
+
+
+def test_evaluate_from_a_bundle_equals_the_checkpoint(checkpoint, corpus_dir, tmp_path, capsys):
+    """An exported bundle decodes exactly as the checkpoint it came from."""
+    bundle = tmp_path / "bundle"
+    assert run_nmt(capsys, "export", checkpoint, bundle)[0] == 0
+    outputs = {}
+    for source in ("checkpoint", "bundle"):
+        path = checkpoint if source == "checkpoint" else bundle
+        code, _, _ = run_nmt(
+            capsys, "evaluate", f"--{source}", path, "--corpus", corpus_dir, "--beam-size", 3,
+            "--max-length", 40, "--out-dir", tmp_path / source, "--no-progress",
+        )  # fmt: skip
+        assert code == 0
+        outputs[source] = (tmp_path / source / "test_2016_flickr.hyp").read_text(encoding="utf-8")
+    assert outputs["bundle"] == outputs["checkpoint"]
+    assert outputs["bundle"].strip()

@@ -47,11 +47,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _request(url: str, payload: dict | None = None, timeout: float = 60.0) -> dict:
+def _request(url: str, payload: dict | None = None, timeout: float = 60.0) -> bytes:
     data = None if payload is None else json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=timeout) as r:
-        return json.loads(r.read())
+        return r.read()
 
 
 def _wait_until_healthy(url: str, server: subprocess.Popen) -> None:
@@ -88,11 +88,21 @@ def _serve_and_translate(bundle: Path, sentences: list[str], beam_size: int) -> 
     try:
         _wait_until_healthy(url, server)
         print(f"\n$ POST {url}/translate", flush=True)
-        reply = _request(f"{url}/translate", {"text": sentences, "beam_size": beam_size})
+        reply = json.loads(
+            _request(f"{url}/translate", {"text": sentences, "beam_size": beam_size})
+        )
         for source, result in zip(sentences, reply["translations"]):
             print(f"  en: {source}\n  de: {result['text']}  (score {result['score']:.3f})")
     finally:
         _stop(server)
+
+
+def _best_checkpoint(directory: Path) -> Path:
+    """The best-validation-BLEU checkpoint the training run kept (``best-step=N.ckpt``)."""
+    best = sorted(directory.glob("best-*.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not best:
+        raise UserError(f"training wrote no best-*.ckpt in {directory}")
+    return best[-1]
 
 
 def main(argv: list[str]) -> int:
@@ -101,12 +111,13 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     _nmt("prep", "translation", "--corpus", "multi30k", "--src", "en", "--tgt", "de",
          "--out", args.data)
-    _nmt("fit", "--config", args.config, "--data.corpus", args.data,
-         "--trainer.default_root_dir", str(workdir))
-    checkpoint = workdir / "checkpoints" / "last.ckpt"
+    _nmt("fit", "--config", args.config, "--data.init_args.corpus", args.data,
+         "--trainer.logger.init_args.save_dir", str(workdir),
+         "--checkpoint.dirpath", str(workdir / "checkpoints"))
+    checkpoint = _best_checkpoint(workdir / "checkpoints")
     _nmt("evaluate", "--checkpoint", str(checkpoint), "--corpus", args.data,
          "--split", "test_2016_flickr", "--beam-size", str(args.beam_size),
-         "--out", str(workdir / "evaluation"))
+         "--out-dir", str(workdir / "evaluation"))
     bundle = workdir / "bundle"
     _nmt("export", str(checkpoint), str(bundle))
     from nmt.corpus import PreparedCorpus

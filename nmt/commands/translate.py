@@ -48,15 +48,26 @@ class ModelSource:
 
 
 def add_model_source_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
-    """The options naming the model; other sources (e.g. bundles) join this group."""
+    """The options naming the model: a training checkpoint or an exported bundle."""
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument(
         "--checkpoint", type=Path, help="a training checkpoint (.ckpt) of a translation model"
+    )
+    group.add_argument(
+        "--bundle", type=Path, help="a translation bundle directory written by `nmt export`"
     )
     return group
 
 
 def load_model_source(args: argparse.Namespace) -> ModelSource:
+    if args.bundle is not None:
+        from nmt.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle)
+        if bundle.task != "translation":
+            raise UserError(f"{args.bundle}: a {bundle.task} bundle, not a translation one")
+        description = {"bundle": str(args.bundle), "manifest": bundle.manifest}
+        return ModelSource(bundle.model, bundle.wordpieces, description, bundle.decoding)
     from nmt.checkpoints import load_translation
 
     model, wordpieces = load_translation(args.checkpoint)

@@ -45,12 +45,12 @@ Z_BIAS_STD = 0.01  # std of the z_b projection's initial weights
 class HyperWeights(NamedTuple):
     """The cell's parameters arranged for the recurrence (built once per sequence)."""
 
-    recurrent: Tensor  # (4H + 4N_hyper, H): [W_h; hyper cell's W for h_{t-1}]
+    recurrent: Tensor  # (4N_hyper + 4H, H): [hyper cell's W for h_{t-1}; W_h]
     hyper_recurrent: Tensor  # (4N_hyper, N_hyper): hyper cell's W for h^_{t-1}
     z_weight: Tensor  # (12 N_z, N_hyper): z_h, z_x, z_b projections, gate-major within each
     z_bias: Tensor  # (12 N_z,): b_hh, b_hx, then zeros (z_b has no bias)
     d_weight: Tensor  # (12, N_z, H): W_hz, W_xz, W_bz per gate
-    d_bias: Tensor  # (12, 1, H): zeros for d_h, d_x; b_0 (+ forget bias without LN)
+    d_bias: Tensor  # (4, 1, H): b_0 (+ forget bias without LN)
     gate_norm: Affine | None
     cell_norm: Affine | None
     hyper_gate_norm: Affine
@@ -58,9 +58,9 @@ class HyperWeights(NamedTuple):
 
 
 class _StepCache(NamedTuple):
-    recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4H + 4N_hyper)
+    recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4N_hyper + 4H)
     z: Tensor  # (B, 12 N_z)
-    scalings: Tensor  # d = W_z z, (12, B, H)
+    scalings: Tensor  # d_h, d_x = W_z z, (8, B, H)
     hyper: object  # PointwiseCache of the hyper cell
     main: object  # PointwiseCache of the main cell
 
@@ -79,9 +79,9 @@ def hyper_step(
     batch, hidden = h.shape
     hyper_units = hyper_h.shape[-1]
     products = h @ w.recurrent.t()
-    split = NUM_GATES * hidden
-    h_part = products[:, :split].view(batch, NUM_GATES, hidden).transpose(0, 1)
-    hyper_pre = torch.addmm(products[:, split:] + x_hyper, hyper_h, w.hyper_recurrent.t())
+    split = NUM_GATES * hyper_units
+    h_part = products[:, split:].view(batch, NUM_GATES, hidden).transpose(0, 1)
+    hyper_pre = torch.addmm(products[:, :split] + x_hyper, hyper_h, w.hyper_recurrent.t())
     hyper_pre = hyper_pre.view(batch, NUM_GATES, hyper_units).transpose(0, 1)
     pointwise = lstm_pointwise if math is None else math.forward
     hyper_h, hyper_c, hyper_cache = pointwise(
@@ -89,8 +89,11 @@ def hyper_step(
     )
     z = torch.addmm(w.z_bias, hyper_h, w.z_weight.t())
     z_size = w.d_weight.shape[1]
-    d = torch.baddbmm(w.d_bias, z.view(batch, NUM_Z, z_size).transpose(0, 1), w.d_weight)
-    pre = torch.addcmul(torch.addcmul(d[8:], d[:4], h_part), d[4:8], x_main)
+    z_gates = z.view(batch, NUM_Z, z_size).transpose(0, 1)
+    scales = 2 * NUM_GATES  # d_h and d_x; the backward keeps them, not W_bz z_b
+    d = torch.bmm(z_gates[:scales], w.d_weight[:scales])
+    pre = torch.baddbmm(w.d_bias, z_gates[scales:], w.d_weight[scales:])
+    pre.addcmul_(d[:NUM_GATES], h_part).addcmul_(d[NUM_GATES:], x_main)
     h, c, main_cache = pointwise(pre, c, w.gate_norm, w.cell_norm, g_mask)
     return (h, c, hyper_h, hyper_c), _StepCache(products, z, d, hyper_cache, main_cache)
 
@@ -153,12 +156,15 @@ class _HyperLSTMSequence(torch.autograd.Function):
         hyper_cell_norm = Affine(hyper_cell_w, None)
         steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         hyper_units = hyper_hs.shape[-1]
-        split = NUM_GATES * hidden
+        split, hyper_split = NUM_GATES * hidden, NUM_GATES * hyper_units
         z_size = d_weight.shape[1]
         x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
 
-        grad_projected = torch.empty_like(projected)
-        grad_products = torch.empty_like(projected)  # d (h_{t-1} @ recurrent.T)
+        # One buffer, columns [W_x x_t | hyper pre-activation | W_h h_{t-1}]: the gradients of
+        # the input-side projections and of the recurrent products share the hyper columns.
+        grads = hs.new_empty(steps, batch, 2 * split + hyper_split)
+        grad_projected = grads[..., : split + hyper_split]
+        grad_products = grads[..., split:]  # d (h_{t-1} @ recurrent.T)
         d_weight_t = d_weight.transpose(1, 2).contiguous()
         grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
         grad_d_weight = d_weight.new_zeros(d_weight.shape)
@@ -180,14 +186,14 @@ class _HyperLSTMSequence(torch.autograd.Function):
                 grad[0], grad[1], cs[t], cache.main, gate_norm, cell_norm,
                 None if g_mask is None else g_mask[t], main_norm_grads,
             )  # fmt: skip
-            h_part = gate_major(cache.recurrent_products[:, :split], hidden)
+            h_part = gate_major(cache.recurrent_products[:, hyper_split:], hidden)
             d = cache.scalings
             torch.mul(grad_pre, h_part, out=grad_d[:4])
             torch.mul(grad_pre, x_main[t], out=grad_d[4:8])
             grad_d[8:] = grad_pre
             grad_bias_rows += grad_pre
             grad_d_weight.baddbmm_(cache.z.view(batch, NUM_Z, z_size).permute(1, 2, 0), grad_d)
-            torch.mul(grad_pre, d[:4], out=gate_major(grad_products[t, :, :split], hidden))
+            torch.mul(grad_pre, d[:4], out=gate_major(grad_products[t, :, hyper_split:], hidden))
             torch.mul(grad_pre, d[4:8], out=gate_major(grad_projected[t, :, :split], hidden))
             grad_z_t = grad_z[t]
             grad_z_t.view(batch, NUM_Z, z_size).transpose(0, 1).copy_(torch.bmm(grad_d, d_weight_t))
@@ -197,24 +203,22 @@ class _HyperLSTMSequence(torch.autograd.Function):
                 hyper_cell_norm, None if hyper_g_mask is None else hyper_g_mask[t],
                 hyper_norm_grads,
             )  # fmt: skip
-            gate_major(grad_products[t, :, split:], hyper_units).copy_(grad_hyper_pre)
-            grad_projected[t, :, split:] = grad_products[t, :, split:]
+            gate_major(grad_products[t, :, :hyper_split], hyper_units).copy_(grad_hyper_pre)
             grad[0] = grad_products[t] @ recurrent
             grad[1] = grad_c_prev
-            grad[2] = grad_products[t, :, split:] @ hyper_recurrent
+            grad[2] = grad_products[t, :, :hyper_split] @ hyper_recurrent
             grad[3] = grad_hyper_c_prev
 
         rows = steps * batch
         flat_products = grad_products.view(rows, -1)
         grad_recurrent = flat_products.t() @ hs[:-1].reshape(rows, hidden)
-        grad_hyper_recurrent = flat_products[:, split:].t() @ hyper_hs[:-1].reshape(
+        grad_hyper_recurrent = flat_products[:, :hyper_split].t() @ hyper_hs[:-1].reshape(
             rows, hyper_units
         )
         flat_z = grad_z.view(rows, -1)
         grad_z_weight = flat_z.t() @ hyper_hs[1:].reshape(rows, hyper_units)
         grad_z_bias = flat_z.sum(0)
-        grad_d_bias = torch.cat([grad_bias_rows.new_zeros(8, hidden), grad_bias_rows.sum(1)])
-        grad_d_bias = grad_d_bias.unsqueeze(1)
+        grad_d_bias = grad_bias_rows.sum(1).unsqueeze(1)
 
         grad_gate_w, grad_gate_b, grad_cell_w, grad_cell_b = main_norm_grads.totals()
         grad_hyper_norms = hyper_norm_grads.totals()
@@ -295,10 +299,10 @@ class HyperLSTMCell(nn.Module):
         """Parameters in ``_HyperLSTMSequence``'s order (combined where the loop wants them)."""
         hidden = self.hidden_size
         hyper_h_weight = self.hyper.input_weight[:, :hidden]
-        recurrent = torch.cat([self.recurrent_weight, hyper_h_weight])
+        recurrent = torch.cat([hyper_h_weight, self.recurrent_weight])
         z_bias = torch.cat([self.z_bias, self.z_bias.new_zeros(NUM_GATES * self.embedding_size)])
         bias = self.bias if self.layer_norm else self.bias + self._forget_shift()
-        d_bias = torch.cat([bias.new_zeros(2 * NUM_GATES, hidden), bias]).unsqueeze(1)
+        d_bias = bias.unsqueeze(1)
         if self.layer_norm:
             norms = (
                 self.gate_norm_weight, self.gate_norm_bias + self._forget_shift(),
