@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nmt.commands.export", "export a checkpoint as a self-contained bundle"),
     "serve": ("serve.cli", "serve bundles over HTTP (translate, classify, LM)"),
     "plot": ("nmt.commands.plot", "draw training curves and the papers' pictures as PNG"),
-    "quickstart": ("nmt.commands.quickstart", "prepare, train, evaluate, export, serve: end to end"),
+    "quickstart": ("nmt.commands.quickstart", "prepare, train, BLEU, export, serve"),
 }
 
 

@@ -91,7 +91,7 @@ def _serve_and_translate(bundle: Path, sentences: list[str], beam_size: int) -> 
         reply = json.loads(
             _request(f"{url}/translate", {"text": sentences, "beam_size": beam_size})
         )
-        for source, result in zip(sentences, reply["translations"]):
+        for source, result in zip(sentences, reply["translations"], strict=True):
             print(f"  en: {source}\n  de: {result['text']}  (score {result['score']:.3f})")
     finally:
         _stop(server)
@@ -109,15 +109,43 @@ def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     workdir = Path(args.workdir)
     started = time.monotonic()
-    _nmt("prep", "translation", "--corpus", "multi30k", "--src", "en", "--tgt", "de",
-         "--out", args.data)
-    _nmt("fit", "--config", args.config, "--data.init_args.corpus", args.data,
-         "--trainer.logger.init_args.save_dir", str(workdir),
-         "--checkpoint.dirpath", str(workdir / "checkpoints"))
+    _nmt(
+        "prep",
+        "translation",
+        "--corpus",
+        "multi30k",
+        "--src",
+        "en",
+        "--tgt",
+        "de",
+        "--out",
+        args.data,
+    )
+    _nmt(
+        "fit",
+        "--config",
+        args.config,
+        "--data.init_args.corpus",
+        args.data,
+        "--trainer.logger.init_args.save_dir",
+        str(workdir),
+        "--checkpoint.dirpath",
+        str(workdir / "checkpoints"),
+    )
     checkpoint = _best_checkpoint(workdir / "checkpoints")
-    _nmt("evaluate", "--checkpoint", str(checkpoint), "--corpus", args.data,
-         "--split", "test_2016_flickr", "--beam-size", str(args.beam_size),
-         "--out-dir", str(workdir / "evaluation"))
+    _nmt(
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--corpus",
+        args.data,
+        "--split",
+        "test_2016_flickr",
+        "--beam-size",
+        str(args.beam_size),
+        "--out-dir",
+        str(workdir / "evaluation"),
+    )
     bundle = workdir / "bundle"
     _nmt("export", str(checkpoint), str(bundle))
     from nmt.corpus import PreparedCorpus
