@@ -26,15 +26,6 @@ A, B, C, D = 4, 5, 6, 7  # ordinary tokens of the table model
 TABLE_VOCAB = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class SimpleEncoderOutput:
     memory: Tensor

@@ -106,15 +106,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def safetensors_header(path: Path) -> dict:
     """The JSON header of a safetensors file: tensor names, dtypes and shapes (no pickle)."""
     data = path.read_bytes()

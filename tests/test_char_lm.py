@@ -17,16 +17,6 @@ from nmt.training.char_lm import IGNORE_INDEX, CharLMDataModule, CharLMTask, Str
 CELLS = ["lstm", "hyperlstm", "ln_hyperlstm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest on one thread; two threads spin against each other when the
-    cores are shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(cell: str, vocab_size: int = 54, dropout: float = 0.0) -> CharLMConfig:
     recurrent = RecurrentConfig(
         cell=cell,

@@ -14,16 +14,6 @@ from nmt.modules.static_hyper import StaticHyperKernel, generated_kernel_paramet
 from nmt.training.convnet import ClassifyTask, MNISTDataModule, random_crop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest on one thread; two threads spin against each other when the
-    cores are shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def paper_parameter_count(n_in: int, n_out: int, f: int, n_z: int) -> int:
     """Section 3.1: z_j (N_z); W_i, B_i for each of N_in slices (N_z x N_z + N_z); the shared
     W_out (N_out f f x N_z) and B_out (N_out f f)."""

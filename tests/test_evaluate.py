@@ -42,15 +42,6 @@ TRAIN_LINES, TEST_LINES = 600, 30
 TRAIN_STEPS, TRAIN_BATCH = 50, 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train and decode fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def real_lines(shared_data: Path, split: str, lang: str, count: int) -> list[str]:
     with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
         return [next(f).rstrip("\n") for _ in range(count)]

@@ -21,15 +21,6 @@ EPS = 1e-5  # layer-norm epsilon
 GATES = ("i", "f", "o", "g")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the suite shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def layer_norm(v, gain, bias):
     mean = v.mean(-1, keepdim=True)
     var = ((v - mean) ** 2).mean(-1, keepdim=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -68,14 +69,19 @@ def _wait_until_healthy(url: str, server: subprocess.Popen) -> None:
 
 
 def _stop(server: subprocess.Popen) -> None:
-    """SIGINT stops LitServe and all its workers; kill only if it does not."""
+    """SIGINT stops LitServe and its workers; whatever is left of the server's process group
+    after that (or after a timeout) is killed, so nothing outlives the quickstart."""
     if server.poll() is None:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(SERVER_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait()
 
 
 def _serve_and_translate(bundle: Path, sentences: list[str], beam_size: int) -> None:
@@ -84,7 +90,7 @@ def _serve_and_translate(bundle: Path, sentences: list[str], beam_size: int) -> 
     command = [sys.executable, "-m", "nmt.cli", "serve", "--translate", str(bundle)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     print(f"\n$ nmt {' '.join(command[3:])} &", flush=True)
-    server = subprocess.Popen(command)
+    server = subprocess.Popen(command, start_new_session=True)  # its own process group
     try:
         _wait_until_healthy(url, server)
         print(f"\n$ POST {url}/translate", flush=True)
