@@ -11,13 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +28,7 @@ from data_prep.sources import CORPORA, TRAIN_SPLIT, SplitSource, resolve
 from data_prep.wordpiece_training import MODEL_TYPES, WordpieceConfig, train_wordpieces
 from nmt.corpus import MANIFEST_NAME, WORDPIECES_NAME, PreparedCorpus
 from nmt.errors import UserError
+from nmt.versions import package_versions
 from nmt.wordpieces import Wordpieces
 
 if TYPE_CHECKING:
@@ -161,16 +160,6 @@ def _status(message: str) -> None:
     print(f"nmt prep translation: {message}", file=sys.stderr, flush=True)
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
 def _processes(pairs: int, num_proc: int) -> int | None:
     useful = min(num_proc, pairs // MIN_PAIRS_PER_PROCESS)
     return useful if useful > 1 else None
@@ -250,7 +239,7 @@ def prepare(
                 "shared": True,
             },
             "errors": request.errors,
-            "versions": _versions(),
+            "versions": package_versions(VERSIONED_PACKAGES),
             "command": command,
             "fingerprint": fingerprint,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -16,17 +16,16 @@ import hashlib
 import importlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nmt.errors import UserError
+from nmt.versions import package_versions
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +140,7 @@ def write_bundle(
             "parameters": sum(p.numel() for p in model.parameters()),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": source or {},
-            "packages": _package_versions(),
+            "packages": package_versions(PACKAGES),
             "files": {name: _file_entry(tmp / name) for name in sorted(spec.files)},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -444,13 +443,3 @@ def _make_readable(directory: Path) -> None:
     directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-def _package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
