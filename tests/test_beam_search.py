@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.decoding import DecodingOptions, beam_search, translate_ids
+from nmt.decoding.beam_search import BeamSearch
 from nmt.decoding.penalties import coverage_penalty, length_penalty
 from nmt.decoding.selection import select_top_k
 from nmt.decoding.translate import pad_sources
@@ -360,3 +361,32 @@ def test_batch_invariance(beam_size):
                 assert [h.tokens for h in hypotheses] == [h.tokens for h in alone[index]]
                 expected = [h.score for h in alone[index]]
                 assert [h.score for h in hypotheses] == pytest.approx(expected, abs=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_sentences_joining_a_running_search_get_what_they_get_alone(beam_size):
+    """Continuous batching: sentences added between steps, next to others with more tokens and
+    wider or narrower sources, or into a search that has just emptied, decode as they do alone
+    (attention and coverage penalty included)."""
+    model = ToyAttentionModel().eval()
+    sources = toy_sources(12, seed=3)
+    options = DecodingOptions(
+        beam_size=beam_size, nbest=beam_size, beta=0.2, return_attention=True, max_length=12
+    )
+    alone = [translate_ids(model, [s], options, 1)[0] for s in sources]
+    arrivals = {0: [0, 1, 2], 1: [3], 3: [4, 5], 4: [6], 7: [7, 8, 9], 8: [10], 40: [11]}
+    search, found, sizes = BeamSearch(model, options), {}, []
+    for step in range(60):
+        if step in arrivals:
+            search.add(arrivals[step], *pad_sources([sources[i] for i in arrivals[step]]))
+        sizes.append(len(search))
+        found.update(search.step())
+    assert sorted(found) == list(range(len(sources)))
+    assert 0 in sizes[:40] and max(sizes) > 3  # it emptied, and it held several arrivals
+    for index, hypotheses in found.items():
+        expected = alone[index]
+        assert [h.tokens for h in hypotheses] == [h.tokens for h in expected]
+        assert [h.score for h in hypotheses] == pytest.approx([h.score for h in expected], abs=1e-5)
+        for got, want in zip(hypotheses, expected, strict=True):
+            assert torch.allclose(got.attention, want.attention, atol=1e-6)

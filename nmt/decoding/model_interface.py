@@ -3,12 +3,20 @@
 Any model with ``encode``, ``initial_decoder_state`` and ``decode_step`` can be decoded
 (TranslationModel, or a hand-built model in a test). Every state tensor is batch-first, so one
 ``index_select`` along dimension 0 moves each hypothesis's state to its new row.
+
+An encoder output is a dataclass of tensors shaped (B, S, ...): batch first, source position
+second, zero (or False in the mask) past a sentence's end. That is all the search needs to let
+sentences of another width join a running batch (``join_sources``) and to drop source columns
+nobody attends to any more (``narrow_sources``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -38,3 +46,36 @@ class Decodable(Protocol):
 def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
     """Row r of the result is row ``index[r]`` of ``state`` (beams grow, move and shrink)."""
     return tuple(tensor.index_select(0, index) for tensor in state)
+
+
+def pad_source_dim(tensor: Tensor, width: int, dim: int = 1) -> Tensor:
+    """``tensor`` widened with zeros (False) along ``dim`` to ``width`` source positions."""
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    pad = [0, 0] * (tensor.dim() - dim - 1) + [0, missing]
+    return F.pad(tensor, pad)
+
+
+def join_sources(first: EncoderOutputLike, second: EncoderOutputLike) -> EncoderOutputLike:
+    """The rows of ``first`` then those of ``second``, padded to the wider source."""
+    width = max(first.mask.shape[1], second.mask.shape[1])
+    joined = {
+        field.name: torch.cat(
+            [
+                pad_source_dim(getattr(first, field.name), width),
+                pad_source_dim(getattr(second, field.name), width),
+            ]
+        )
+        for field in dataclasses.fields(first)
+    }
+    return dataclasses.replace(first, **joined)
+
+
+def narrow_sources(encoder_output: EncoderOutputLike, width: int) -> EncoderOutputLike:
+    """The first ``width`` source positions only (the rest must be padding for every row)."""
+    narrowed = {
+        field.name: getattr(encoder_output, field.name)[:, :width]
+        for field in dataclasses.fields(encoder_output)
+    }
+    return dataclasses.replace(encoder_output, **narrowed)
