@@ -36,17 +36,19 @@ class ServeOptions:
     classify: str | None = None
     lm: str | None = None
     max_batch_size: int = 32  # requests decoded together (translate, classify)
-    # seconds a batch waits to fill: under load, clients whose answers just left need a few ms
-    # to send their next request, and a window shorter than that splits them across batches
-    # (measured, 32 clients, tiny model: 2 ms -> mean batch 6.7, 35 req/s; 50 ms -> 18.3,
-    # 65 req/s); a lone request pays the window once.
+    # /classify: seconds a batch waits to fill. Under load, clients whose answers just left need
+    # a few ms to send their next request, and a window shorter than that splits them across
+    # batches; a lone request pays the window once. (/translate needs no window: requests join
+    # its running search at the next decoder step.)
     batch_timeout: float = 0.05
     workers: int = 1  # model worker processes per endpoint
     # torch threads per worker: decoding small batches step by step gains little from more, and
     # spinning threads on a busy CPU cost far more (measured: 16 sentences 0.08 s on one thread,
     # 0.8-6 s on two with the other core busy); parallelism comes from batching and workers.
     threads: int = 1
-    timeout: float = 30.0  # seconds a request may wait for a worker before a 504
+    # seconds before a request is answered 504: /translate from arrival to answer, the others
+    # while waiting for a worker
+    timeout: float = 30.0
     quantize: str | None = None  # "int8": quantise float bundles' linear layers at load
 
 
@@ -58,20 +60,13 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     if options.threads < 1:
         raise UserError("--threads must be at least 1")
     common = {"threads": options.threads, "quantize": options.quantize}
-    batched = {
-        "max_batch_size": options.max_batch_size,
-        "batch_timeout": options.batch_timeout,
-        **common,
-    }
+    batched = {"max_batch_size": options.max_batch_size, **common}
     apis: list[BundleAPI] = []
     models: dict[str, Any] = {}
 
     def serve(task: str, directory: str, option: str, *endpoints: BundleAPI) -> None:
         models[task] = _describe(directory, task, option)
-        models[task]["endpoints"] = {
-            api.api_path: {"max_batch_size": api.max_batch_size, "batch_timeout": api.batch_timeout}
-            for api in endpoints
-        }
+        models[task]["endpoints"] = {api.api_path: _batching(api) for api in endpoints}
         apis.extend(endpoints)
 
     if options.translate:
@@ -82,7 +77,8 @@ def build_server(options: ServeOptions) -> ls.LitServer:
             TranslateAPI(options.translate, **batched),
         )
     if options.classify:
-        serve("classify", options.classify, "--classify", ClassifyAPI(options.classify, **batched))
+        classify = ClassifyAPI(options.classify, batch_timeout=options.batch_timeout, **batched)
+        serve("classify", options.classify, "--classify", classify)
     if options.lm:
         # one text at a time: a request with an unknown character is refused by its worker,
         # which in a batch would refuse its neighbours too
@@ -120,6 +116,13 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     server.app.add_api_route("/models", list_models, methods=["GET"])
     server.app.add_api_route("/stats", batch_stats, methods=["GET"])
     return server
+
+
+def _batching(api: BundleAPI) -> dict[str, Any]:
+    batching = {"batching": api.batching, "max_batch_size": api.max_batch_size}
+    if api.batching == "dynamic":
+        batching["batch_timeout"] = api.batch_timeout
+    return batching
 
 
 def _describe(directory: str, task: str, option: str) -> dict[str, Any]:

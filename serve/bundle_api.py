@@ -1,8 +1,9 @@
 """The part every endpoint shares: load a bundle in each model worker, record batch sizes.
 
-LitServe runs ``setup`` once in each (spawned) model worker, then hands ``predict`` one request,
-or a list of up to ``max_batch_size`` requests that arrived within ``batch_timeout`` of each other.
-Subclasses implement ``predict_batch`` for a list either way.
+LitServe runs ``setup`` once in each (spawned) model worker. Endpoints on LitServe's own loops
+are ``BatchPredictAPI``s: ``predict`` gets one request, or a list of up to ``max_batch_size``
+requests that arrived within ``batch_timeout`` of each other, and subclasses implement
+``predict_batch`` for a list either way. /translate brings its own loop (serve/translate.py).
 
 No ``from __future__ import annotations`` in the endpoint modules: LitServe reads the request and
 response types from the annotations of ``decode_request`` and ``encode_response`` as objects.
@@ -12,12 +13,15 @@ from abc import abstractmethod
 from typing import Any
 
 import litserve as ls
+from litserve.loops.base import LitLoop
 
 from serve.stats import BatchStats
 
 
 class BundleAPI(ls.LitAPI):
     """One endpoint served from one bundle directory."""
+
+    batching = "dynamic"  # how requests meet: LitServe's batches, or serve/translate.py's steps
 
     def __init__(
         self,
@@ -28,9 +32,13 @@ class BundleAPI(ls.LitAPI):
         batch_timeout: float = 0.0,
         threads: int = 1,
         quantize: str | None = None,
+        loop: LitLoop | str = "auto",
     ) -> None:
         super().__init__(
-            max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            api_path=api_path,
+            loop=loop,
         )
         self.bundle_dir = bundle
         self.threads = threads
@@ -48,6 +56,10 @@ class BundleAPI(ls.LitAPI):
 
     def prepare(self) -> None:
         """Per-worker preparation after the bundle is loaded (vocabularies, defaults)."""
+
+
+class BatchPredictAPI(BundleAPI):
+    """An endpoint whose model answers a list of requests in one call."""
 
     def predict(self, x: Any) -> Any:
         import torch

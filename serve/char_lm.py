@@ -10,7 +10,7 @@ likewise starts on a fresh line. A character outside the vocabulary is refused (
 from fastapi import HTTPException
 
 from nmt.errors import UserError
-from serve.bundle_api import BundleAPI
+from serve.bundle_api import BatchPredictAPI
 from serve.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
 
 WORD_BREAK = "_"  # PTB's symbol between words
@@ -44,7 +44,7 @@ class CharText:
         return "".join(" " if self.symbols[i] == self.space else self.symbols[i] for i in ids)
 
 
-class LMScoreAPI(BundleAPI):
+class LMScoreAPI(BatchPredictAPI):
     """Bits per character of a text under the model."""
 
     def __init__(self, bundle: str, **options) -> None:
@@ -77,7 +77,7 @@ class LMScoreAPI(BundleAPI):
         return output
 
 
-class LMGenerateAPI(BundleAPI):
+class LMGenerateAPI(BatchPredictAPI):
     """Continue a prefix by sampling characters at a temperature."""
 
     def __init__(self, bundle: str, **options) -> None:

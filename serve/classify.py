@@ -1,10 +1,10 @@
 """``POST /classify``: MNIST digits through the static-hypernetwork ConvNet bundle."""
 
-from serve.bundle_api import BundleAPI
+from serve.bundle_api import BatchPredictAPI
 from serve.schemas import PIXEL_MAX, ClassifyRequest, ClassifyResponse
 
 
-class ClassifyAPI(BundleAPI):
+class ClassifyAPI(BatchPredictAPI):
     def __init__(self, bundle: str, **options) -> None:
         super().__init__(bundle, "/classify", **options)
 

@@ -50,13 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-timeout",
         type=float,
         default=DEFAULTS.batch_timeout,
-        help=f"seconds a batch waits to fill (default {DEFAULTS.batch_timeout})",
+        help="/classify: seconds a batch waits to fill; /translate batches continuously "
+        f"(default {DEFAULTS.batch_timeout})",
     )
     parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULTS.timeout,
-        help=f"seconds a request may wait for a worker before a 504 (default {DEFAULTS.timeout})",
+        help="seconds before a request is answered 504: /translate from arrival to answer, "
+        f"the others while waiting for a worker (default {DEFAULTS.timeout})",
     )
     parser.add_argument(
         "--quantize", choices=QUANTIZATIONS, help="quantise float bundles' linear layers at load"

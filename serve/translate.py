@@ -1,59 +1,120 @@
-"""``POST /translate``: concurrent requests decoded together in one batched beam search.
+"""``POST /translate`` with continuous batching: requests join a running beam search.
 
-Requests that LitServe collected into one batch and ask for the same beam settings have all
-their texts decoded by one ``translate_texts`` call; requests with other settings form their
-own groups. A sentence's translation does not depend on the batch it was decoded in.
+The model worker does not decode closed batches. Between two decoder steps it takes whatever
+requests have arrived and adds their texts to the running search for their settings (beam
+size, alpha, beta, n-best); a request is answered as soon as its last text is decided. So a
+short sentence never waits for a long batch to finish, and the batch stays full under load.
+A sentence's translation does not depend on when it joined or whom it met
+(``nmt.decoding.beam_search``).
+
+The request timeout counts from arrival to answer: a request still unanswered after it gets a
+504, and what is left of its texts is decoded to the end and discarded.
 """
 
-from dataclasses import replace
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+from queue import Queue
 from typing import TYPE_CHECKING
+
+from fastapi import HTTPException
+from litserve.loops.base import _SENTINEL_VALUE, LitLoop
+from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 
 from serve.bundle_api import BundleAPI
 from serve.schemas import Candidate, TranslateRequest, TranslateResponse, Translation
 
 if TYPE_CHECKING:
+    from nmt.bundle import Bundle
     from nmt.decoding import DecodingOptions, Hypothesis
+    from nmt.decoding.beam_search import BeamSearch
 
-SENTENCES_PER_SEARCH = 64  # one beam search decodes at most this many sentences at once
+logger = logging.getLogger(__name__)
+
+IDLE_WAIT_SECONDS = 1.0  # an idle worker blocks this long on the queue before looking again
 
 OptionsKey = tuple[int | None, float | None, float | None, int | None]
 
 
-class TranslateAPI(BundleAPI):
-    def __init__(self, bundle: str, **options) -> None:
-        super().__init__(bundle, "/translate", **options)
+@dataclass
+class PendingRequest:
+    """A request being decoded: its texts' results so far."""
 
-    def decode_request(self, request: TranslateRequest) -> TranslateRequest:
-        return request
+    nbest: bool  # whether the client asked for n-best lists
+    results: list[list["Hypothesis"] | None]
+    remaining: int
+    arrived: float  # time.monotonic() when the request reached the server
+    abandoned: bool = False  # answered already (timed out): decode to the end, answer nothing
 
-    def predict_batch(self, requests: list[TranslateRequest]) -> list[TranslateResponse]:
-        from nmt.decoding.translate import translate_texts
 
-        groups: dict[OptionsKey, list[int]] = {}
-        for index, request in enumerate(requests):
-            key = (request.beam_size, request.alpha, request.beta, request.nbest)
-            groups.setdefault(key, []).append(index)
-        responses: list[TranslateResponse | None] = [None] * len(requests)
-        for key, members in groups.items():
-            texts = [text for index in members for text in requests[index].texts]
-            hypotheses = translate_texts(
-                self.bundle.model,
-                self.bundle.wordpieces,
-                texts,
-                self._options(*key),
-                batch_size=SENTENCES_PER_SEARCH,
-            )
-            start = 0
-            for index in members:
-                count = len(requests[index].texts)
-                responses[index] = self._response(
-                    hypotheses[start : start + count], nbest=requests[index].nbest is not None
-                )
-                start += count
-        return responses
+class ContinuousTranslator:
+    """Requests in, responses out, one decoder step at a time.
 
-    def encode_response(self, output: TranslateResponse) -> TranslateResponse:
-        return output
+    One ``BeamSearch`` per combination of beam settings in flight; ``step`` advances each of
+    them once. Sentence keys are (request key, text index).
+    """
+
+    def __init__(self, bundle: "Bundle") -> None:
+        self.bundle = bundle
+        self.searches: dict[OptionsKey, BeamSearch] = {}
+        self.pending: dict[Hashable, PendingRequest] = {}
+
+    def __len__(self) -> int:
+        """Requests in flight (abandoned ones included until their texts are decided)."""
+        return len(self.pending)
+
+    def admit(self, key: Hashable, request: TranslateRequest, arrived: float) -> None:
+        """Add the request's texts to the search for its settings; they step next time.
+        ``arrived``: when the request reached the server (``time.monotonic()``)."""
+        from nmt.decoding.beam_search import BeamSearch
+        from nmt.decoding.translate import model_device, pad_sources
+
+        if key in self.pending:
+            raise ValueError(f"request {key!r} is already in flight")
+        texts = request.texts
+        options_key = (request.beam_size, request.alpha, request.beta, request.nbest)
+        search = self.searches.get(options_key)
+        if search is None:
+            device = model_device(self.bundle.model)
+            search = BeamSearch(self.bundle.model, self._options(*options_key), device)
+            self.searches[options_key] = search
+        sources = [self.bundle.wordpieces.encode(text) for text in texts]
+        search.add([(key, index) for index in range(len(texts))], *pad_sources(sources))
+        self.pending[key] = PendingRequest(
+            nbest=request.nbest is not None,
+            results=[None] * len(texts),
+            remaining=len(texts),
+            arrived=arrived,
+        )
+
+    def abandon(self, key: Hashable) -> None:
+        """Answer nothing for this request (its client was already told it timed out)."""
+        self.pending[key].abandoned = True
+
+    def step(self) -> list[tuple[Hashable, TranslateResponse]]:
+        """One decoder step of every search; the requests completed by it, with answers."""
+        import torch
+
+        answered = []
+        with torch.inference_mode():
+            for options_key, search in list(self.searches.items()):
+                for (key, index), hypotheses in search.step():
+                    request = self.pending[key]
+                    request.results[index] = hypotheses
+                    request.remaining -= 1
+                    if request.remaining == 0:
+                        del self.pending[key]
+                        if not request.abandoned:
+                            answered.append((key, self._response(request)))
+                if not len(search):
+                    del self.searches[options_key]
+        return answered
+
+    def clear(self) -> None:
+        """Forget every request (after a failure that left the searches unusable)."""
+        self.searches.clear()
+        self.pending.clear()
 
     def _options(
         self, beam_size: int | None, alpha: float | None, beta: float | None, nbest: int | None
@@ -71,10 +132,10 @@ class TranslateAPI(BundleAPI):
             return_attention=False,
         )
 
-    def _response(self, per_text: list[list["Hypothesis"]], nbest: bool) -> TranslateResponse:
+    def _response(self, request: PendingRequest) -> TranslateResponse:
         decode = self.bundle.wordpieces.decode
         translations = []
-        for hypotheses in per_text:
+        for hypotheses in request.results:
             candidates = [
                 Candidate(text=decode(h.tokens), score=h.score, log_prob=h.log_prob)
                 for h in hypotheses
@@ -85,7 +146,100 @@ class TranslateAPI(BundleAPI):
                     text=best.text,
                     score=best.score,
                     log_prob=best.log_prob,
-                    nbest=candidates if nbest else None,
+                    nbest=candidates if request.nbest else None,
                 )
             )
         return TranslateResponse(translations=translations)
+
+
+class ContinuousBatchingLoop(LitLoop):
+    """The model worker's loop for /translate: admit waiting requests, step, answer.
+
+    Up to ``max_batch_size`` requests are decoded together; more wait in LitServe's queue.
+    Errors are sent as LitServe's batched loop sends them, so the HTTP side answers alike.
+    ``clock`` must be the clock LitServe stamps arrivals with (a test may pass its own).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def __call__(
+        self,
+        lit_api: "TranslateAPI",
+        device: str,
+        worker_id: int,
+        request_queue: Queue,
+        transport,
+        workers_setup_status: dict,
+        callback_runner,
+        *args,
+        **kwargs,
+    ) -> None:
+        translator = ContinuousTranslator(lit_api.bundle)
+        answer_to: dict[Hashable, int] = {}  # request uid -> its HTTP server's response queue
+        timeout = lit_api.request_timeout
+        timeout = None if timeout in (-1, False) else timeout
+
+        def send(uid: Hashable, data, status: LitAPIStatus) -> None:
+            self.put_response(
+                transport, answer_to.pop(uid), uid, data, status, LoopResponseType.REGULAR
+            )
+
+        def fail(uid: Hashable, error: HTTPException) -> None:
+            send(uid, PickleableHTTPException.from_exception(error), LitAPIStatus.ERROR)
+
+        while True:
+            while len(translator) < lit_api.max_batch_size:
+                item = self.get_request(
+                    request_queue, block=not translator, timeout=IDLE_WAIT_SECONDS
+                )
+                if item is None:
+                    break
+                if item == _SENTINEL_VALUE:
+                    return
+                response_queue_id, uid, arrived, request = item
+                answer_to[uid] = response_queue_id
+                if timeout is not None and self.clock() - arrived > timeout:
+                    fail(uid, HTTPException(504, "Request timed out"))
+                    continue
+                try:
+                    translator.admit(uid, lit_api.decode_request(request), arrived)
+                except Exception as error:
+                    logger.exception("could not admit a request")
+                    fail(uid, HTTPException(500, f"could not start decoding: {error}"))
+            if not translator:
+                continue
+
+            lit_api.stats.record(len(translator))
+            try:
+                answered = translator.step()
+            except Exception as error:  # a model failure: every request in flight gets a 500
+                logger.exception("decoding failed")
+                for uid in list(answer_to):
+                    fail(uid, HTTPException(500, f"decoding failed: {error}"))
+                translator.clear()
+                continue
+            for uid, response in answered:
+                send(uid, lit_api.encode_response(response), LitAPIStatus.OK)
+            if timeout is not None:
+                now = self.clock()
+                late = [uid for uid in answer_to if now - translator.pending[uid].arrived > timeout]
+                for uid in late:
+                    translator.abandon(uid)
+                    fail(uid, HTTPException(504, "Request timed out"))
+
+
+class TranslateAPI(BundleAPI):
+    """/translate: requests decoded together by ``ContinuousBatchingLoop``."""
+
+    batching = "continuous"
+
+    def __init__(self, bundle: str, **options) -> None:
+        super().__init__(bundle, "/translate", loop=ContinuousBatchingLoop(), **options)
+
+    def decode_request(self, request: TranslateRequest) -> TranslateRequest:
+        return request
+
+    def encode_response(self, output: TranslateResponse) -> TranslateResponse:
+        return output

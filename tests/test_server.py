@@ -158,7 +158,10 @@ def test_health_models_and_openapi(server):
     translation = models["models"]["translation"]
     assert translation["manifest"] == read_manifest(server.bundles["translate"])
     assert translation["decoding"]["beam_size"] == TEST_DECODING.beam_size
-    assert translation["endpoints"]["/translate"]["max_batch_size"] == MAX_BATCH_SIZE
+    assert translation["endpoints"]["/translate"] == {
+        "batching": "continuous",
+        "max_batch_size": MAX_BATCH_SIZE,
+    }
     assert set(models["models"]["char_lm"]["endpoints"]) == {"/lm/score", "/lm/generate"}
     assert models["limits"]["max_beam_size"] >= 1
 
@@ -204,9 +207,101 @@ def test_concurrent_requests_are_served_right_and_batched(server, loaded, shared
     with ThreadPoolExecutor(len(texts)) as pool:
         assert list(pool.map(translate_one, texts)) == expected
     after = server.get("/stats").json()["/translate"]["histogram"]
-    new_batches = {int(size): after[size] - before.get(size, 0) for size in after}
-    assert sum(size * n for size, n in new_batches.items()) == len(texts)
-    assert max(size for size, n in new_batches.items() if n) > 1, new_batches
+    # decoder steps by the number of requests they advanced together
+    new_steps = {int(size): after[size] - before.get(size, 0) for size in after}
+    assert max(size for size, n in new_steps.items() if n) > 1, new_steps
+
+
+def test_a_short_request_does_not_wait_for_a_long_one(loaded, shared_data):
+    """Continuous batching, step by step: a request that joins a running search is answered
+    as soon as its own text is decided, with what it gets alone; the long one comes later.
+    (The untrained model runs every output to its length limit, 2 x source + 10 here.)"""
+    from dataclasses import replace
+
+    from serve.schemas import TranslateRequest
+    from serve.translate import ContinuousTranslator
+
+    bundle = loaded["translate"]
+    bundle = replace(bundle, decoding=replace(bundle.decoding, max_length=100))
+    long_texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 24)
+    short_text = "A dog."
+    translator = ContinuousTranslator(bundle)
+    translator.admit("long", TranslateRequest(text=long_texts, nbest=2), arrived=0.0)
+    answers, steps = {}, 0
+    while "short" not in answers:
+        if steps == 2:
+            translator.admit("short", TranslateRequest(text=short_text), arrived=0.0)
+        answers.update(translator.step())
+        steps += 1
+    assert "long" not in answers and len(translator) == 1
+    while translator:
+        answers.update(translator.step())
+    options = replace(bundle.decoding, nbest=2)
+    alone = translate_texts(bundle.model, bundle.wordpieces, long_texts, options, batch_size=5)
+    for translation, hypotheses in zip(answers["long"].translations, alone, strict=True):
+        assert [c.text for c in translation.nbest] == [
+            bundle.wordpieces.decode(h.tokens) for h in hypotheses
+        ]
+        assert [c.score for c in translation.nbest] == pytest.approx(
+            [h.score for h in hypotheses], rel=1e-4
+        )
+    short_alone = translate_texts(
+        bundle.model, bundle.wordpieces, [short_text], bundle.decoding, batch_size=1
+    )
+    assert answers["short"].translations[0].text == bundle.wordpieces.decode(
+        short_alone[0][0].tokens
+    )
+
+
+class RecordingTransport:
+    """Stands in for LitServe's transport: keeps the answers, stops the loop after ``last``."""
+
+    def __init__(self, queue, last: str) -> None:
+        self.queue, self.last, self.answers = queue, last, {}
+
+    def send(self, item, consumer_id: int) -> None:
+        uid, (data, status, _, _) = item
+        self.answers[uid] = (data, status)
+        if uid == self.last:
+            self.queue.put((None, None, None, None))  # LitServe's stop sentinel
+
+
+def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
+    """The worker loop, in process, on a clock that moves one second at every look: a request
+    that waited too long in the queue and one that runs out of time while decoding both get a
+    504; the request beside them is answered."""
+    import itertools
+    import pickle
+    from queue import Queue
+
+    from litserve.utils import LitAPIStatus
+
+    from serve.schemas import TranslateRequest
+    from serve.translate import ContinuousBatchingLoop, TranslateAPI
+
+    api = TranslateAPI(str(bundles["translate"]), max_batch_size=4)
+    api.setup("cpu")
+    api.request_timeout = 30.0
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 8)
+    # admission looks at the clock at 1000, 1001, 1002; then once after every step. The untrained
+    # model takes 13 steps (max_length 12 + EOS); "late" passes 30 s after step 4.
+    clock = itertools.count(1000.0)
+    queue = Queue()
+    queue.put((0, "queued too long", 900.0, TranslateRequest(text=texts[0])))
+    queue.put((0, "late while decoding", 975.0, TranslateRequest(text=texts)))
+    queue.put((0, "in time", 1000.0, TranslateRequest(text=texts[1])))
+    transport = RecordingTransport(queue, last="in time")
+    ContinuousBatchingLoop(clock=lambda: next(clock))(api, "cpu", 0, queue, transport, {}, None)
+
+    assert list(transport.answers) == ["queued too long", "late while decoding", "in time"]
+    for uid in ("queued too long", "late while decoding"):
+        data, status = transport.answers[uid]
+        error = pickle.loads(pickle.dumps(data))
+        assert status == LitAPIStatus.ERROR and error.status_code == 504, uid
+    data, status = transport.answers["in time"]
+    assert status == LitAPIStatus.OK
+    expected = in_process_translations(load_bundle(bundles["translate"]), [texts[1]])
+    assert data.translations[0].text == expected[0][0][0]
 
 
 def mnist_test_image(shared_data: Path) -> list[list[int]]:
