@@ -50,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-timeout",
         type=float,
         default=DEFAULTS.batch_timeout,
-        help="/classify: seconds a batch waits to fill; /translate batches continuously "
-        f"(default {DEFAULTS.batch_timeout})",
+        help=f"/classify: seconds a batch waits to fill (default {DEFAULTS.batch_timeout})",
+    )
+    parser.add_argument(
+        "--join-window",
+        type=float,
+        default=DEFAULTS.join_window,
+        help="/translate: seconds new requests may wait to join the running beam search "
+        f"together (default {DEFAULTS.join_window})",
     )
     parser.add_argument(
         "--timeout",

@@ -13,7 +13,7 @@ The request timeout counts from arrival to answer: a request still unanswered af
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from queue import Queue
 from typing import TYPE_CHECKING
@@ -64,29 +64,37 @@ class ContinuousTranslator:
         """Requests in flight (abandoned ones included until their texts are decided)."""
         return len(self.pending)
 
-    def admit(self, key: Hashable, request: TranslateRequest, arrived: float) -> None:
-        """Add the request's texts to the search for its settings; they step next time.
-        ``arrived``: when the request reached the server (``time.monotonic()``)."""
+    def admit(self, requests: Sequence[tuple[Hashable, TranslateRequest, float]]) -> None:
+        """Add (key, request, arrival time) requests to the searches for their settings; their
+        texts take their first step at the next ``step``. Requests with the same settings are
+        encoded together: one encoder call per settings, not per request."""
         from nmt.decoding.beam_search import BeamSearch
         from nmt.decoding.translate import model_device, pad_sources
 
-        if key in self.pending:
-            raise ValueError(f"request {key!r} is already in flight")
-        texts = request.texts
-        options_key = (request.beam_size, request.alpha, request.beta, request.nbest)
-        search = self.searches.get(options_key)
-        if search is None:
-            device = model_device(self.bundle.model)
-            search = BeamSearch(self.bundle.model, self._options(*options_key), device)
-            self.searches[options_key] = search
-        sources = [self.bundle.wordpieces.encode(text) for text in texts]
-        search.add([(key, index) for index in range(len(texts))], *pad_sources(sources))
-        self.pending[key] = PendingRequest(
-            nbest=request.nbest is not None,
-            results=[None] * len(texts),
-            remaining=len(texts),
-            arrived=arrived,
-        )
+        groups: dict[OptionsKey, list[tuple[Hashable, TranslateRequest, float]]] = {}
+        for key, request, arrived in requests:
+            if key in self.pending:
+                raise ValueError(f"request {key!r} is already in flight")
+            options_key = (request.beam_size, request.alpha, request.beta, request.nbest)
+            groups.setdefault(options_key, []).append((key, request, arrived))
+        for options_key, members in groups.items():
+            search = self.searches.get(options_key)
+            if search is None:
+                device = model_device(self.bundle.model)
+                search = BeamSearch(self.bundle.model, self._options(*options_key), device)
+                self.searches[options_key] = search
+            keys, sources = [], []
+            for key, request, _ in members:
+                keys += [(key, index) for index in range(len(request.texts))]
+                sources += [self.bundle.wordpieces.encode(text) for text in request.texts]
+            search.add(keys, *pad_sources(sources))
+            for key, request, arrived in members:
+                self.pending[key] = PendingRequest(
+                    nbest=request.nbest is not None,
+                    results=[None] * len(request.texts),
+                    remaining=len(request.texts),
+                    arrived=arrived,
+                )
 
     def abandon(self, key: Hashable) -> None:
         """Answer nothing for this request (its client was already told it timed out)."""
@@ -153,9 +161,13 @@ class ContinuousTranslator:
 
 
 class ContinuousBatchingLoop(LitLoop):
-    """The model worker's loop for /translate: admit waiting requests, step, answer.
+    """The model worker's loop for /translate: take arrivals, let them join, step, answer.
 
-    Up to ``max_batch_size`` requests are decoded together; more wait in LitServe's queue.
+    Up to ``max_batch_size`` requests are in the worker at once; more wait in LitServe's queue.
+    Arrivals join an idle search at once, and a running one when the oldest of them has waited
+    ``batch_timeout`` seconds (``nmt serve --join-window``): encoding sentences one by one as
+    they come would cost an encoder pass each, and the encoder's per-step work hardly grows
+    with its batch.
     Errors are sent as LitServe's batched loop sends them, so the HTTP side answers alike.
     ``clock`` must be the clock LitServe stamps arrivals with (a test may pass its own).
     """
@@ -177,6 +189,7 @@ class ContinuousBatchingLoop(LitLoop):
         **kwargs,
     ) -> None:
         translator = ContinuousTranslator(lit_api.bundle)
+        arrivals: list[tuple[Hashable, TranslateRequest, float]] = []  # not yet joined
         answer_to: dict[Hashable, int] = {}  # request uid -> its HTTP server's response queue
         timeout = lit_api.request_timeout
         timeout = None if timeout in (-1, False) else timeout
@@ -190,10 +203,9 @@ class ContinuousBatchingLoop(LitLoop):
             send(uid, PickleableHTTPException.from_exception(error), LitAPIStatus.ERROR)
 
         while True:
-            while len(translator) < lit_api.max_batch_size:
-                item = self.get_request(
-                    request_queue, block=not translator, timeout=IDLE_WAIT_SECONDS
-                )
+            while len(translator) + len(arrivals) < lit_api.max_batch_size:
+                idle = not translator and not arrivals
+                item = self.get_request(request_queue, block=idle, timeout=IDLE_WAIT_SECONDS)
                 if item is None:
                     break
                 if item == _SENTINEL_VALUE:
@@ -203,11 +215,18 @@ class ContinuousBatchingLoop(LitLoop):
                 if timeout is not None and self.clock() - arrived > timeout:
                     fail(uid, HTTPException(504, "Request timed out"))
                     continue
+                arrivals.append((uid, lit_api.decode_request(request), arrived))
+            if arrivals and (
+                not translator or self.clock() - arrivals[0][2] >= lit_api.batch_timeout
+            ):
                 try:
-                    translator.admit(uid, lit_api.decode_request(request), arrived)
+                    translator.admit(arrivals)
                 except Exception as error:
-                    logger.exception("could not admit a request")
-                    fail(uid, HTTPException(500, f"could not start decoding: {error}"))
+                    logger.exception("could not start decoding")
+                    for uid, _, _ in arrivals:
+                        if uid not in translator.pending:
+                            fail(uid, HTTPException(500, f"could not start decoding: {error}"))
+                arrivals = []
             if not translator:
                 continue
 
@@ -216,15 +235,20 @@ class ContinuousBatchingLoop(LitLoop):
                 answered = translator.step()
             except Exception as error:  # a model failure: every request in flight gets a 500
                 logger.exception("decoding failed")
-                for uid in list(answer_to):
-                    fail(uid, HTTPException(500, f"decoding failed: {error}"))
+                for uid in list(translator.pending):
+                    if uid in answer_to:
+                        fail(uid, HTTPException(500, f"decoding failed: {error}"))
                 translator.clear()
                 continue
             for uid, response in answered:
                 send(uid, lit_api.encode_response(response), LitAPIStatus.OK)
             if timeout is not None:
                 now = self.clock()
-                late = [uid for uid in answer_to if now - translator.pending[uid].arrived > timeout]
+                late = [
+                    uid
+                    for uid, request in translator.pending.items()
+                    if uid in answer_to and now - request.arrived > timeout
+                ]
                 for uid in late:
                     translator.abandon(uid)
                     fail(uid, HTTPException(504, "Request timed out"))

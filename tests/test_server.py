@@ -68,6 +68,7 @@ def start_server(directory: Path, bundle_args: list[str], bundles: dict[str, Pat
     log = directory / f"server-{port}.log"
     command = [sys.executable, "-m", "nmt.cli", "serve", *bundle_args, "--port", str(port)]
     command += ["--max-batch-size", str(MAX_BATCH_SIZE), "--batch-timeout", str(BATCH_TIMEOUT)]
+    command += ["--join-window", str(BATCH_TIMEOUT)]
     command += ["--log-level", "warning"]
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=directory)
@@ -161,6 +162,7 @@ def test_health_models_and_openapi(server):
     assert translation["endpoints"]["/translate"] == {
         "batching": "continuous",
         "max_batch_size": MAX_BATCH_SIZE,
+        "batch_timeout": BATCH_TIMEOUT,
     }
     assert set(models["models"]["char_lm"]["endpoints"]) == {"/lm/score", "/lm/generate"}
     assert models["limits"]["max_beam_size"] >= 1
@@ -226,11 +228,11 @@ def test_a_short_request_does_not_wait_for_a_long_one(loaded, shared_data):
     long_texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 24)
     short_text = "A dog."
     translator = ContinuousTranslator(bundle)
-    translator.admit("long", TranslateRequest(text=long_texts, nbest=2), arrived=0.0)
+    translator.admit([("long", TranslateRequest(text=long_texts, nbest=2), 0.0)])
     answers, steps = {}, 0
     while "short" not in answers:
         if steps == 2:
-            translator.admit("short", TranslateRequest(text=short_text), arrived=0.0)
+            translator.admit([("short", TranslateRequest(text=short_text), 0.0)])
         answers.update(translator.step())
         steps += 1
     assert "long" not in answers and len(translator) == 1
@@ -283,8 +285,8 @@ def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
     api.setup("cpu")
     api.request_timeout = 30.0
     texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 8)
-    # admission looks at the clock at 1000, 1001, 1002; then once after every step. The untrained
-    # model takes 13 steps (max_length 12 + EOS); "late" passes 30 s after step 4.
+    # admission looks at the clock once per request, the loop a few times per step; the
+    # untrained model takes 13 steps (max_length 12 + EOS), and "late" passes 30 s within 4.
     clock = itertools.count(1000.0)
     queue = Queue()
     queue.put((0, "queued too long", 900.0, TranslateRequest(text=texts[0])))
