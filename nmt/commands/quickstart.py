@@ -29,7 +29,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nmt quickstart", description=__doc__)
     parser.add_argument("--config", default="configs/quickstart.yaml", help="training config")
     parser.add_argument("--data", default="data/multi30k.en-de", help="prepared corpus directory")
-    parser.add_argument("--workdir", default="runs/quickstart", help="checkpoints, logs, bundle")
+    parser.add_argument(
+        "--workdir",
+        default="runs/quickstart",
+        help="each run writes its checkpoints, logs, evaluation and bundle to a new "
+        "run-<date>-<time> directory here, so a rerun never meets an earlier run's files",
+    )
     parser.add_argument("--beam-size", type=int, default=5)
     return parser.parse_args(argv)
 
@@ -113,7 +118,9 @@ def _best_checkpoint(directory: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir) / time.strftime("run-%Y%m%d-%H%M%S")
+    if workdir.exists():
+        raise UserError(f"{workdir} already exists; start the quickstart again in a second")
     started = time.monotonic()
     _nmt(
         "prep",
