@@ -42,8 +42,7 @@ class PendingRequest:
     """A request being decoded: its texts' results so far."""
 
     nbest: bool  # whether the client asked for n-best lists
-    results: list[list["Hypothesis"] | None]
-    remaining: int
+    results: list[list["Hypothesis"] | None]  # per text, None until it is decided
     arrived: float  # time.monotonic() when the request reached the server
     abandoned: bool = False  # answered already (timed out): decode to the end, answer nothing
 
@@ -92,7 +91,6 @@ class ContinuousTranslator:
                 self.pending[key] = PendingRequest(
                     nbest=request.nbest is not None,
                     results=[None] * len(request.texts),
-                    remaining=len(request.texts),
                     arrived=arrived,
                 )
 
@@ -110,8 +108,7 @@ class ContinuousTranslator:
                 for (key, index), hypotheses in search.step():
                     request = self.pending[key]
                     request.results[index] = hypotheses
-                    request.remaining -= 1
-                    if request.remaining == 0:
+                    if all(result is not None for result in request.results):
                         del self.pending[key]
                         if not request.abandoned:
                             answered.append((key, self._response(request)))

@@ -30,9 +30,9 @@ from nmt.decoding.model_interface import (
     Decodable,
     DecoderState,
     EncoderOutputLike,
+    cat_sources,
     join_sources,
     narrow_sources,
-    pad_source_dim,
     reorder_state,
 )
 from nmt.decoding.options import DecodingOptions, Hypothesis
@@ -127,11 +127,7 @@ class LiveRows:
         """These rows, then ``other``'s (same token width), on the wider of their sources."""
 
         def join(first: Tensor | None, second: Tensor | None, source_dim: int) -> Tensor | None:
-            if first is None or second is None:
-                return None
-            width = max(first.shape[source_dim], second.shape[source_dim])
-            padded = [pad_source_dim(part, width, source_dim) for part in (first, second)]
-            return torch.cat(padded)
+            return None if first is None else cat_sources(first, second, source_dim)
 
         return LiveRows(
             sentence=torch.cat([self.sentence, other.sentence]),

@@ -48,25 +48,22 @@ def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
     return tuple(tensor.index_select(0, index) for tensor in state)
 
 
-def pad_source_dim(tensor: Tensor, width: int, dim: int = 1) -> Tensor:
-    """``tensor`` widened with zeros (False) along ``dim`` to ``width`` source positions."""
-    missing = width - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    pad = [0, 0] * (tensor.dim() - dim - 1) + [0, missing]
-    return F.pad(tensor, pad)
+def cat_sources(first: Tensor, second: Tensor, dim: int = 1) -> Tensor:
+    """The rows of ``first`` then those of ``second``, the narrower one widened with zeros
+    (False) along its source dimension ``dim``."""
+    width = max(first.shape[dim], second.shape[dim])
+
+    def widen(tensor: Tensor) -> Tensor:
+        missing = width - tensor.shape[dim]
+        return F.pad(tensor, [0, 0] * (tensor.dim() - dim - 1) + [0, missing])
+
+    return torch.cat([widen(first), widen(second)])
 
 
 def join_sources(first: EncoderOutputLike, second: EncoderOutputLike) -> EncoderOutputLike:
     """The rows of ``first`` then those of ``second``, padded to the wider source."""
-    width = max(first.mask.shape[1], second.mask.shape[1])
     joined = {
-        field.name: torch.cat(
-            [
-                pad_source_dim(getattr(first, field.name), width),
-                pad_source_dim(getattr(second, field.name), width),
-            ]
-        )
+        field.name: cat_sources(getattr(first, field.name), getattr(second, field.name))
         for field in dataclasses.fields(first)
     }
     return dataclasses.replace(first, **joined)
