@@ -191,3 +191,24 @@ def test_scalings_picture(tmp_path):
             out = plot_scalings(path, "The market fell", tmp_path / "scalings.png", layer=1)
             with Image.open(out) as image:
                 assert image.format == "PNG" and image.height > image.width > 400
+
+
+def test_cosine_schedule_anneals_to_the_final_rate_at_max_steps(ptb_slice, tmp_path):
+    import lightning as L
+
+    data = CharLMDataModule(str(ptb_slice), batch_size=4, seq_len=16)
+    task = CharLMTask(tiny_config("lstm"), 1e-2, lr_schedule="cosine", final_learning_rate=1e-4)
+    rates = []
+
+    class RecordRate(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[RecordRate()],
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(task, datamodule=data)
+    # 1e-4 + (1e-2 - 1e-4) (1 + cos(pi k / 4)) / 2, worked out by hand for k = 0..3
+    assert rates == pytest.approx([1e-2, 0.0085501786, 0.00505, 0.0015498214])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)

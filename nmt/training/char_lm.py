@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from nmt.errors import UserError
 from nmt.models.char_lm import CharLM, CharLMConfig, CharVocabulary
 from nmt.special_tokens import PAD_ID
+from nmt.training.schedules import cosine_schedule
 
 SPLITS = ("train", "valid", "test")
 IGNORE_INDEX = -100  # targets that are padding: no loss, not counted in bpc
@@ -119,13 +121,29 @@ def detach_states(states: list[tuple[Tensor, ...]]) -> list[tuple[Tensor, ...]]:
 
 class CharLMTask(L.LightningModule):
     """Next-character cross entropy with the state carried across consecutive windows; logs
-    bits per character (``<split>/bpc``), exact over the whole split at the end of an epoch."""
+    bits per character (``<split>/bpc``), exact over the whole split at the end of an epoch.
 
-    def __init__(self, model: CharLMConfig | None = None, learning_rate: float = 1e-3):
+    Args:
+        model: the model's configuration (saved in every checkpoint).
+        learning_rate: Adam's (peak) learning rate.
+        lr_schedule: ``constant``, or ``cosine``: annealed to ``final_learning_rate`` over the
+            run's training steps (``trainer.max_steps``, else ``max_epochs`` epochs).
+        final_learning_rate: where the cosine schedule ends.
+    """
+
+    def __init__(
+        self,
+        model: CharLMConfig | None = None,
+        learning_rate: float = 1e-3,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        final_learning_rate: float = 0.0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model = CharLM(model or CharLMConfig())
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
+        self.final_learning_rate = final_learning_rate
         self.vocabulary: list[str] | None = None
         self._states: dict[str, list] = {}  # carried state per split
 
@@ -183,7 +201,17 @@ class CharLMTask(L.LightningModule):
         self._states.pop("test", None)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+        if self.lr_schedule == "constant":
+            return optimizer
+        if self.lr_schedule != "cosine":
+            raise UserError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise UserError("lr_schedule cosine needs trainer.max_steps or trainer.max_epochs")
+        factor = cosine_schedule(int(total_steps), self.final_learning_rate / self.learning_rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # what a plain-torch loader (the server) needs, without Lightning

@@ -11,7 +11,6 @@ exactly where training stopped (dropout masks too: each step seeds them from the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +28,7 @@ from nmt.corpus import PreparedCorpus
 from nmt.errors import UserError
 from nmt.models.translation import TranslationConfig, TranslationModel, label_smoothed_loss
 from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from nmt.training.schedules import inverse_sqrt_schedule
 
 # ---------------------------------------------------------------------------- batching
 
@@ -304,21 +304,6 @@ class TranslationDataModule(L.LightningDataModule):
 
 
 # ---------------------------------------------------------------------------- task
-
-
-def inverse_sqrt_schedule(warmup_steps: int):
-    """LR factor: linear warm-up to 1 over ``warmup_steps``, then decay as 1/sqrt(step).
-
-    With ``warmup_steps`` 0 the learning rate stays constant.
-    """
-
-    def factor(step: int) -> float:
-        if warmup_steps <= 0:
-            return 1.0
-        step += 1
-        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-    return factor
 
 
 class TranslationTask(L.LightningModule):
