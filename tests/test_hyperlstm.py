@@ -244,6 +244,25 @@ def test_step_matches_forward(cell_type):
         torch.testing.assert_close(a, b)
 
 
+
+@pytest.mark.parametrize("cell_type", ["hyperlstm", "ln_hyperlstm"])
+def test_decoding_steps_follow_weight_updates(cell_type):
+    """Steps without autograd reuse the weights they built until a parameter changes."""
+    torch.manual_seed(0)
+    layer = RecurrentLayer(3, RecurrentConfig(cell_type, 6, 4, 2)).double()
+    other = RecurrentLayer(3, RecurrentConfig(cell_type, 6, 4, 2)).double()
+    perturb_(other, 0.1)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        before, _ = layer.step(x)
+        for parameter in layer.parameters():  # in place, as an optimizer step
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        updated, _ = layer.step(x)
+        assert not torch.allclose(before, updated)
+        torch.testing.assert_close(updated, layer(x[:, None])[0][:, 0])
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer.step(x)[0], other(x[:, None])[0][:, 0])
+
 def test_stack_residual_dropout_and_states():
     torch.manual_seed(0)
     config = RecurrentConfig("ln_hyperlstm", 6, 4, 2)

@@ -337,11 +337,28 @@ class HyperLSTMCell(nn.Module):
         )  # fmt: skip
         return batch_first_outputs(outputs, lengths), tuple(final)
 
+    def _step_weights(self) -> tuple[Tensor, HyperWeights]:
+        """The input weight and the recurrence's weights, for one step at a time.
+
+        Building them concatenates weight matrices, a cost as large as a small batch's whole
+        step, so without autograd (decoding) they are built once and reused until a parameter
+        changes: every in-place update (an optimizer step, ``load_state_dict``) bumps its
+        tensor's version.
+        """
+        if torch.is_grad_enabled():
+            return self._input_weight(), _weights(*self._parameters_for_recurrence())
+        versions = tuple((id(p), p._version) for p in self.parameters())
+        cached = self.__dict__.get("_cached_step_weights")
+        if cached is None or cached[0] != versions:
+            weights = (self._input_weight(), _weights(*self._parameters_for_recurrence()))
+            cached = self.__dict__["_cached_step_weights"] = (versions, weights)
+        return cached[1]
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         batch, split = x.shape[0], NUM_GATES * self.hidden_size
-        projected = F.linear(x, self._input_weight())
+        input_weight, weights = self._step_weights()
+        projected = F.linear(x, input_weight)
         x_main = projected[:, :split].view(batch, NUM_GATES, self.hidden_size).transpose(0, 1)
-        weights = _weights(*self._parameters_for_recurrence())
         g_mask, hyper_g_mask = self._masks((batch,), x)
         state, _ = hyper_step(x_main, projected[:, split:], state, weights, g_mask, hyper_g_mask)
         return state[0], state
@@ -351,9 +368,9 @@ class HyperLSTMCell(nn.Module):
         """d_h and d_x at every step, (B, T, 4H) each, gates in (i, f, o, g) order."""
         batch, steps = inputs.shape[:2]
         state = state or self.initial_state(batch, inputs.device, inputs.dtype)
-        projected = F.linear(inputs, self._input_weight())
+        input_weight, weights = self._step_weights()
+        projected = F.linear(inputs, input_weight)
         split = NUM_GATES * self.hidden_size
-        weights = _weights(*self._parameters_for_recurrence())
         d_h, d_x = [], []
         for t in range(steps):
             x_main = projected[:, t, :split].view(batch, NUM_GATES, -1).transpose(0, 1)
