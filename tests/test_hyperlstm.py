@@ -244,7 +244,6 @@ def test_step_matches_forward(cell_type):
         torch.testing.assert_close(a, b)
 
 
-
 @pytest.mark.parametrize("cell_type", ["hyperlstm", "ln_hyperlstm"])
 def test_decoding_steps_follow_weight_updates(cell_type):
     """Steps without autograd reuse the weights they built until a parameter changes."""
@@ -262,6 +261,7 @@ def test_decoding_steps_follow_weight_updates(cell_type):
         torch.testing.assert_close(updated, layer(x[:, None])[0][:, 0])
         layer.load_state_dict(other.state_dict())
         torch.testing.assert_close(layer.step(x)[0], other(x[:, None])[0][:, 0])
+
 
 def test_stack_residual_dropout_and_states():
     torch.manual_seed(0)
