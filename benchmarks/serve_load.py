@@ -12,8 +12,10 @@ Against a running server:
     nmt serve --translate bundles/en-de --log-level warning &
     python benchmarks/serve_load.py --url http://127.0.0.1:8000
 
-Or let the benchmark start (and stop) the server on a free port:
-    python benchmarks/serve_load.py --translate bundles/en-de
+Or let the benchmark start (and stop) the server on a free port, here with one model worker per
+core of a 2-core machine:
+    python benchmarks/serve_load.py --translate bundles/en-de \
+        --serve-args '--workers 2 --max-batch-size 16'
 """
 
 from __future__ import annotations
