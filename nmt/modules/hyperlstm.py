@@ -258,6 +258,8 @@ class HyperLSTMCell(nn.Module):
         self.layer_norm, self.forget_bias = layer_norm, forget_bias
         self.recurrent_dropout = recurrent_dropout
         self.compile = compile  # fuse the gate arithmetic with torch.compile
+        # (parameter versions, weights) built for decoding steps; see _step_weights
+        self._cached_step_weights: tuple[tuple, tuple[Tensor, HyperWeights]] | None = None
         gates, n_z = NUM_GATES * hidden_size, embedding_size
         self.hyper = LayerNormLSTMCell(
             hidden_size + input_size, hyper_size, forget_bias, recurrent_dropout
@@ -348,11 +350,10 @@ class HyperLSTMCell(nn.Module):
         if torch.is_grad_enabled():
             return self._input_weight(), _weights(*self._parameters_for_recurrence())
         versions = tuple((id(p), p._version) for p in self.parameters())
-        cached = self.__dict__.get("_cached_step_weights")
-        if cached is None or cached[0] != versions:
+        if self._cached_step_weights is None or self._cached_step_weights[0] != versions:
             weights = (self._input_weight(), _weights(*self._parameters_for_recurrence()))
-            cached = self.__dict__["_cached_step_weights"] = (versions, weights)
-        return cached[1]
+            self._cached_step_weights = (versions, weights)
+        return self._cached_step_weights[1]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         batch, split = x.shape[0], NUM_GATES * self.hidden_size

@@ -139,6 +139,8 @@ class CharLMTask(L.LightningModule):
         final_learning_rate: float = 0.0,
     ):
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr_schedule must be constant or cosine, not {lr_schedule!r}")
         self.save_hyperparameters()
         self.model = CharLM(model or CharLMConfig())
         self.learning_rate = learning_rate
@@ -204,8 +206,6 @@ class CharLMTask(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
         if self.lr_schedule == "constant":
             return optimizer
-        if self.lr_schedule != "cosine":
-            raise UserError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise UserError("lr_schedule cosine needs trainer.max_steps or trainer.max_epochs")
