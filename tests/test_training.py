@@ -250,6 +250,26 @@ def test_resume_from_last_checkpoint_equals_uninterrupted_run(corpus: Path, tmp_
     assert list((parts / "checkpoints").glob("best-*.ckpt"))  # the best-BLEU checkpoint
 
 
+def test_reruns_are_identical_and_validate_after_the_last_update(corpus: Path, tmp_path) -> None:
+    """Same config and seed: the same final weights; a run of 5 updates that validates every
+    3 also validates after update 5, so its best checkpoint can come from the last update."""
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for directory in runs:
+        assert cli_main(["fit", "--config", str(write_config(directory, corpus, 5))]) == 0
+    first, second = (final_state(directory) for directory in runs)
+    for name, value in first["state_dict"].items():
+        torch.testing.assert_close(second["state_dict"][name], value, rtol=0, atol=0, msg=name)
+    (metrics,) = (runs[0] / "logs").glob("version_*/metrics.csv")
+    rows = metrics.read_text().splitlines()
+    header = rows[0].split(",")
+    validated = {
+        int(values[header.index("step")])
+        for values in (row.split(",") for row in rows[1:])
+        if values[header.index("val/bleu")]
+    }
+    assert validated == {2, 4}  # logged at the step before the counter moves: updates 3 and 5
+
+
 def test_checkpoint_loads_without_lightning(corpus: Path, tmp_path) -> None:
     assert cli_main(["fit", "--config", str(write_config(tmp_path, corpus, 3))]) == 0
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"

@@ -49,10 +49,11 @@ def random_batch(generator: torch.Generator, batch: int = 4, src_len: int = 7, t
     return src, lengths, tgt_in
 
 
+@pytest.mark.parametrize("input_feeding", [False, True])
 @pytest.mark.parametrize("cell", CELL_TYPES)
-def test_decode_steps_equal_teacher_forced_forward(cell: str) -> None:
+def test_decode_steps_equal_teacher_forced_forward(cell: str, input_feeding: bool) -> None:
     torch.manual_seed(0)
-    model = TranslationModel(tiny_config(cell)).eval()
+    model = TranslationModel(tiny_config(cell, input_feeding=input_feeding)).eval()
     src, lengths, tgt_in = random_batch(torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = F.log_softmax(model(src, lengths, tgt_in), dim=-1)
@@ -68,10 +69,45 @@ def test_decode_steps_equal_teacher_forced_forward(cell: str) -> None:
     torch.testing.assert_close(torch.stack(steps, 1), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_input_feeding_feeds_the_previous_context() -> None:
+    """With input feeding the state carries the last attention context, and the next step
+    reads it: replacing it changes the next step's output; without feeding there is none."""
+    torch.manual_seed(0)
+    model = TranslationModel(tiny_config(input_feeding=True)).eval()
+    src, lengths, tgt_in = random_batch(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        encoder_output = model.encode(src, lengths)
+        state = model.initial_decoder_state(encoder_output)
+        assert not state[-1].any()  # the first step is fed a zero context
+        _, attention, state = model.decode_step(tgt_in[:, 0], state, encoder_output)
+        expected_context = torch.bmm(attention.unsqueeze(1), encoder_output.memory).squeeze(1)
+        torch.testing.assert_close(state[-1], expected_context)
+        fed, _, _ = model.decode_step(tgt_in[:, 1], state, encoder_output)
+        unfed, _, _ = model.decode_step(
+            tgt_in[:, 1], (*state[:-1], torch.zeros_like(state[-1])), encoder_output
+        )
+    assert not torch.allclose(fed, unfed)
+    plain = TranslationModel(tiny_config(input_feeding=False))
+    assert len(plain.initial_decoder_state(encoder_output)) == len(state) - 1
+
+
+def test_scaled_embeddings_enter_the_encoder_times_sqrt_size() -> None:
+    torch.manual_seed(0)
+    config = tiny_config(scale_embeddings=True)
+    model = TranslationModel(config).eval()
+    src, lengths, _ = random_batch(torch.Generator().manual_seed(5))
+    seen = []
+    model.encoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        model.encode(src, lengths)
+    expected = model.src_embedding(src) * config.embedding_size**0.5
+    torch.testing.assert_close(seen[0], expected)
+
+
 def test_reordered_state_follows_its_rows() -> None:
     """Beam search moves rows with index_select; a moved row computes what it did before."""
     torch.manual_seed(0)
-    model = TranslationModel(tiny_config()).eval()
+    model = TranslationModel(tiny_config(input_feeding=True)).eval()
     src, lengths, tgt_in = random_batch(torch.Generator().manual_seed(2))
     index = torch.tensor([2, 2, 0, 3, 1])
     with torch.no_grad():

@@ -8,10 +8,13 @@ Layout (Wu et al. 2016, with the cells of ``nmt.modules.recurrent``):
               -> upper layers, each fed [below; context] (residual from ``residual_from`` up)
               -> output layer fed [top; context] -> (tied) softmax
 
-The attention query is the bottom decoder layer's output, so there is no input feeding: when
-training with teacher forcing every layer runs over the whole sequence at once (fast recurrence
-kernels), and attention is computed for all target steps in one batched product. Decoding runs
-the same layers one step at a time through ``decode_step``; both paths compute the same function.
+The attention query is the bottom decoder layer's output. Without input feeding (the default)
+training with teacher forcing runs every layer over the whole sequence at once (fast recurrence
+kernels) and computes attention for all target steps in one batched product. With
+``input_feeding`` the bottom layer also reads the previous step's attention context (GNMT as in
+the TensorFlow NMT tutorial), so in training the bottom layer and the attention run step by step;
+the upper layers still run over the whole sequence. Decoding runs the same layers one step at a
+time through ``decode_step``; both paths compute the same function.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class TranslationConfig:
     tie_embeddings: bool = True  # decoder input embedding = output projection
     residual_from: int = 2  # 0-based index of the first layer with a residual connection
     label_smoothing: float = 0.1
+    # Multiply input embeddings by sqrt(embedding_size): rows are initialised (and tied to the
+    # output layer) at about unit norm, which leaves components of ~embedding_size**-0.5; an
+    # LSTM without layer norm then starts with states near 0.01 and its attention near uniform.
+    scale_embeddings: bool = False
+    input_feeding: bool = False  # bottom decoder layer reads [embedding; previous context]
 
     def __post_init__(self) -> None:
         if isinstance(self.recurrent, dict):
@@ -110,7 +118,10 @@ class TranslationModel(nn.Module):
         memory_size = self.encoder.output_size
 
         self.tgt_embedding = nn.Embedding(c.vocab_size, c.embedding_size, padding_idx=PAD_ID)
-        self.decoder_layers = nn.ModuleList([RecurrentLayer(c.embedding_size, c.recurrent)])
+        self.feed_size = memory_size if c.input_feeding else 0
+        self.decoder_layers = nn.ModuleList(
+            [RecurrentLayer(c.embedding_size + self.feed_size, c.recurrent)]
+        )
         self.decoder_layers.extend(
             RecurrentLayer(hidden + memory_size, c.recurrent) for _ in range(c.decoder_layers - 1)
         )
@@ -120,7 +131,9 @@ class TranslationModel(nn.Module):
         if c.tie_embeddings:
             self.output.weight = self.tgt_embedding.weight
         self.dropout = nn.Dropout(c.dropout)
-        # How many tensors each decoder layer's state has (to flatten and split DecoderState).
+        self.embedding_scale = math.sqrt(c.embedding_size) if c.scale_embeddings else 1.0
+        # How many tensors each decoder layer's state has (to flatten and split DecoderState);
+        # with input feeding the previous context is one more tensor at the end.
         self._state_sizes = [len(layer.initial_state(1)) for layer in self.decoder_layers]
         self._init_embeddings()
 
@@ -137,7 +150,7 @@ class TranslationModel(nn.Module):
 
     def encode(self, src_ids: Tensor, src_lengths: Tensor) -> EncoderOutput:
         """src_ids (B, S) wordpieces + EOS, padded with PAD; src_lengths (B,)."""
-        embedded = self.dropout(self.src_embedding(src_ids))
+        embedded = self.dropout(self.src_embedding(src_ids) * self.embedding_scale)
         memory, _ = self.encoder(embedded, src_lengths)
         positions = torch.arange(src_ids.size(1), device=src_ids.device)
         mask = positions.unsqueeze(0) < src_lengths.to(src_ids.device).unsqueeze(1)
@@ -146,21 +159,43 @@ class TranslationModel(nn.Module):
     # ---------------------------------------------------------------- decoder
 
     def initial_decoder_state(self, encoder_output: EncoderOutput) -> DecoderState:
-        """Zero state for every decoder layer (GNMT does not bridge encoder states)."""
+        """Zero state for every decoder layer (GNMT does not bridge encoder states), and a zero
+        context to feed the first step when input feeding is on."""
         memory = encoder_output.memory
         batch = memory.size(0)
-        return tuple(
+        layer_states = tuple(
             tensor
             for layer in self.decoder_layers
             for tensor in layer.initial_state(batch, device=memory.device, dtype=memory.dtype)
         )
+        if not self.config.input_feeding:
+            return layer_states
+        return (*layer_states, memory.new_zeros(batch, self.feed_size))
 
-    def _split_state(self, state: DecoderState) -> list[State]:
+    def _split_state(self, state: DecoderState) -> tuple[list[State], Tensor | None]:
+        """Flat DecoderState -> (each layer's state, the context to feed or None)."""
         states, start = [], 0
         for size in self._state_sizes:
             states.append(tuple(state[start : start + size]))
             start += size
-        return states
+        return states, (state[start] if self.config.input_feeding else None)
+
+    def _bottom_with_input_feeding(
+        self, embedded: Tensor, state: State, feed: Tensor, encoder_output: EncoderOutput
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher forcing through the bottom layer one step at a time, each step reading the
+        previous step's context: embedded (B, T, E) -> bottom outputs and contexts (B, T, *)."""
+        bottom_layer = self.decoder_layers[0]
+        outputs, contexts = [], []
+        for x in embedded.unbind(1):
+            hidden, state = bottom_layer.step(torch.cat([x, feed], dim=-1), state)
+            context, _ = self.attention(
+                hidden.unsqueeze(1), encoder_output.memory, encoder_output.mask
+            )
+            feed = context.squeeze(1)
+            outputs.append(hidden)
+            contexts.append(feed)
+        return torch.stack(outputs, 1), torch.stack(contexts, 1)
 
     def _upper_layers_and_output(
         self, bottom: Tensor, context: Tensor, layer_call, states: list[State]
@@ -179,10 +214,15 @@ class TranslationModel(nn.Module):
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: tgt_in (B, T) = BOS + target ids, padded -> logits (B, T, V)."""
         encoder_output = self.encode(src_ids, src_lengths)
-        states = self._split_state(self.initial_decoder_state(encoder_output))
-        embedded = self.dropout(self.tgt_embedding(tgt_in))
-        bottom, _ = self.decoder_layers[0](embedded, state=states[0])
-        context, _ = self.attention(bottom, encoder_output.memory, encoder_output.mask)
+        states, feed = self._split_state(self.initial_decoder_state(encoder_output))
+        embedded = self.dropout(self.tgt_embedding(tgt_in) * self.embedding_scale)
+        if feed is not None:
+            bottom, context = self._bottom_with_input_feeding(
+                embedded, states[0], feed, encoder_output
+            )
+        else:
+            bottom, _ = self.decoder_layers[0](embedded, state=states[0])
+            context, _ = self.attention(bottom, encoder_output.memory, encoder_output.mask)
         logits, _ = self._upper_layers_and_output(
             bottom, context, lambda layer, x, s: layer(x, state=s), states
         )
@@ -193,8 +233,10 @@ class TranslationModel(nn.Module):
     ) -> tuple[Tensor, Tensor, DecoderState]:
         """One target step: prev_tokens (B,) -> log_probs (B, V) float32, attention (B, S),
         new state."""
-        states = self._split_state(state)
-        embedded = self.dropout(self.tgt_embedding(prev_tokens))
+        states, feed = self._split_state(state)
+        embedded = self.dropout(self.tgt_embedding(prev_tokens) * self.embedding_scale)
+        if feed is not None:
+            embedded = torch.cat([embedded, feed], dim=-1)
         bottom, bottom_state = self.decoder_layers[0].step(embedded, states[0])
         context, weights = self.attention(
             bottom.unsqueeze(1), encoder_output.memory, encoder_output.mask
@@ -204,6 +246,8 @@ class TranslationModel(nn.Module):
             bottom, context, lambda layer, x, s: layer.step(x, s), states
         )
         new_state = tuple(t for layer_state in [bottom_state, *upper_states] for t in layer_state)
+        if feed is not None:
+            new_state = (*new_state, context)
         return F.log_softmax(logits.float(), dim=-1), weights.squeeze(1), new_state
 
 

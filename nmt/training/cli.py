@@ -4,8 +4,8 @@ Configs name the task and its data by ``class_path`` (``subclass_mode``), so the
 model, the ConvNet and the character LM share this one entry point. Every run gets two
 ModelCheckpoint callbacks in one directory: ``checkpoint`` keeps the best (configs choose what it
 monitors, e.g. validation BLEU) and ``last_checkpoint`` rewrites ``last.ckpt`` for
-``--ckpt_path last``. Checkpoint files are written atomically, and the data modules' rank-aware
-samplers are left in place under DDP.
+``--ckpt_path last``. Checkpoint files are written atomically, every run validates after its
+last update, and the data modules' rank-aware samplers are left in place under DDP.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from nmt.training.callbacks import ValidateAtLastUpdate
 from nmt.training.checkpoint_io import AtomicCheckpointIO
 
 
@@ -51,6 +52,7 @@ class TrainingCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
+        callbacks = [*callbacks, ValidateAtLastUpdate()]
         return super()._instantiate_trainer({**config, "plugins": plugins}, callbacks)
 
 
