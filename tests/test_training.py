@@ -213,6 +213,7 @@ def write_config(directory: Path, corpus: Path, max_steps: int) -> Path:
         },
         "checkpoint": {"dirpath": str(directory / "checkpoints"), "monitor": "val/bleu"},
         "last_checkpoint": {"every_n_train_steps": 1},
+        "recent_checkpoints": {"save_top_k": 2},
     }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"config{max_steps}.yaml"
@@ -268,6 +269,8 @@ def test_reruns_are_identical_and_validate_after_the_last_update(corpus: Path, t
         if values[header.index("val/bleu")]
     }
     assert validated == {2, 4}  # logged at the step before the counter moves: updates 3 and 5
+    recent = sorted(path.name for path in (runs[0] / "checkpoints").glob("recent-*.ckpt"))
+    assert recent == ["recent-step=3.ckpt", "recent-step=5.ckpt"]
 
 
 def test_checkpoint_loads_without_lightning(corpus: Path, tmp_path) -> None:

@@ -1,10 +1,11 @@
 """``nmt fit|validate|test --config configs/<experiment>.yaml``: LightningCLI over any task.
 
 Configs name the task and its data by ``class_path`` (``subclass_mode``), so the translation
-model, the ConvNet and the character LM share this one entry point. Every run gets two
+model, the ConvNet and the character LM share this one entry point. Every run gets
 ModelCheckpoint callbacks in one directory: ``checkpoint`` keeps the best (configs choose what it
-monitors, e.g. validation BLEU) and ``last_checkpoint`` rewrites ``last.ckpt`` for
-``--ckpt_path last``. Checkpoint files are written atomically, every run validates after its
+monitors, e.g. validation BLEU), ``last_checkpoint`` rewrites ``last.ckpt`` for
+``--ckpt_path last``, and ``recent_checkpoints`` (off by default) keeps the last N validated
+checkpoints for averaging. Checkpoint files are written atomically, every run validates after its
 last update, and the data modules' rank-aware samplers are left in place under DDP.
 """
 
@@ -33,6 +34,10 @@ class TrainingCLI(LightningCLI):
         # save_last only rewrites it when the monitored metric improves.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
+        # The last N validated checkpoints (``recent-step=*.ckpt``) for ``nmt average``; off
+        # unless a config sets ``recent_checkpoints.save_top_k``.
+        parser.add_lightning_class_args(ModelCheckpoint, "recent_checkpoints")
+        parser.link_arguments("checkpoint.dirpath", "recent_checkpoints.dirpath")
         parser.set_defaults(
             {
                 "checkpoint.filename": "best-{step}",
@@ -40,6 +45,11 @@ class TrainingCLI(LightningCLI):
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.save_top_k": 1,
                 "last_checkpoint.enable_version_counter": False,
+                "recent_checkpoints.filename": "recent-{step}",
+                "recent_checkpoints.monitor": "step",
+                "recent_checkpoints.mode": "max",
+                "recent_checkpoints.save_top_k": 0,
+                "recent_checkpoints.enable_version_counter": False,
                 # The data modules split each epoch between ranks themselves.
                 "trainer.use_distributed_sampler": False,
             }
