@@ -4,8 +4,9 @@ Configs name the task and its data by ``class_path`` (``subclass_mode``), so the
 model, the ConvNet and the character LM share this one entry point. Every run gets two
 ModelCheckpoint callbacks in one directory: ``checkpoint`` keeps the best (configs choose what it
 monitors, e.g. validation BLEU) and ``last_checkpoint`` rewrites ``last.ckpt`` for
-``--ckpt_path last``. Checkpoint files are written atomically, and the data modules' rank-aware
-samplers are left in place under DDP.
+``--ckpt_path last``. Checkpoint files are written atomically and sealed with a checksum, a
+resumed run keeps its best-checkpoint record (``ResumeRecord``), and the data modules'
+rank-aware samplers are left in place under DDP.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from nmt.training.checkpoint_io import AtomicCheckpointIO
+from nmt.training.resume import ResumeRecord
 
 
 class TrainingCLI(LightningCLI):
@@ -47,6 +49,8 @@ class TrainingCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("enable_checkpointing") is False:  # then Lightning refuses checkpoints
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        else:
+            callbacks = [*callbacks, ResumeRecord()]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
