@@ -188,9 +188,10 @@ def translate_lines(
 ) -> list[list[Hypothesis]]:
     """Hypotheses for every line; blank lines get one empty translation without decoding."""
     from nmt.decoding import Hypothesis, translate_texts
+    from nmt.text_checks import is_blank
 
     texts = [line.strip() for line in lines]
-    wanted = [i for i, text in enumerate(texts) if text]
+    wanted = [i for i, text in enumerate(texts) if not is_blank(text)]
     bar = None
     if progress:
         from tqdm import tqdm
