@@ -160,7 +160,7 @@ def _digest(digest: Any, value: Any) -> None:
     if torch.is_tensor(value):
         tensor = value.detach().cpu().contiguous()
         digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no copy
     elif isinstance(value, Mapping):
         digest.update(f"M{len(value)}".encode())
         for key in sorted(value, key=repr):

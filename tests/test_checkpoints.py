@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -27,6 +27,8 @@ from nmt.checkpoints import (
 )
 from nmt.cli import main as nmt_main
 from nmt.errors import UserError
+from nmt.models.char_lm import CharLMConfig
+from nmt.models.convnet import ConvNetConfig
 from nmt.training.checkpoint_io import AtomicCheckpointIO, remove_stale_partials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,3 +198,14 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path, capsys, where) -> N
     error = capsys.readouterr().err.strip()
     assert str(out) in error and len(error.splitlines()) == 1 and "Traceback" not in error
     assert sorted(os.listdir(tmp_path)) == ["in.txt"]
+
+
+def test_config_dataclasses_load_and_other_classes_are_refused(tmp_path) -> None:
+    """The tasks' save_hyperparameters stores their config dataclasses: allowed, nothing else."""
+    hyperparameters = {"model": ConvNetConfig(channels=4), "lm": CharLMConfig(num_layers=2)}
+    path = tmp_path / "hparams.ckpt"
+    torch.save(seal({"hyper_parameters": hyperparameters, "global_step": 1}), path)
+    assert load_checkpoint_file(path)["hyper_parameters"] == hyperparameters
+    torch.save({"hyper_parameters": {"where": PurePosixPath("runs")}}, path)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint_file(path)
