@@ -14,10 +14,12 @@
 #   THREADS  torch threads for training and evaluation        [1]
 #   ALPHAS   length-penalty exponents tried on validation     [0.0 0.2 0.4 0.6 0.8 1.0]
 #   BEAM     beam size                                        [5]
+#   AVERAGE  how many recent checkpoints to average           [5]
 #   CORPUS   the prepared corpus                              [data/multi30k.en-de]
 #   PYTHON   an interpreter with HyperNMT installed           [python]
 #   LIMIT    score only the first N sentences of each split (a quick check of the recipe) [all]
-# Writes RUN_DIR/summary.json and prints one Markdown table row per checkpoint.
+# Writes RUN_DIR/summary.json and prints one Markdown table row per checkpoint. A run whose
+# training finished (RUN_DIR/training_seconds.txt) is only evaluated again.
 set -euo pipefail
 
 config=${1:?usage: $0 CONFIG [RUN_DIR [nmt fit overrides...]]}
@@ -28,20 +30,24 @@ NMT=${NMT:-nmt}
 THREADS=${THREADS:-1}
 ALPHAS=${ALPHAS:-0.0 0.2 0.4 0.6 0.8 1.0}
 BEAM=${BEAM:-5}
+AVERAGE=${AVERAGE:-5}
 CORPUS=${CORPUS:-data/multi30k.en-de}
 PYTHON=${PYTHON:-python}
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 export OMP_NUM_THREADS=$THREADS
 
-started=$(date +%s)
-$NMT fit --config "$config" --data.init_args.corpus "$CORPUS" \
-    --trainer.logger.init_args.save_dir "$run" --checkpoint.dirpath "$run/checkpoints" "$@"
-trained=$(date +%s)
-echo "training took $((trained - started)) s" | tee "$run/training_seconds.txt"
+if [ -f "$run/training_seconds.txt" ]; then  # a finished run: evaluate it again only
+    echo "$run is trained ($(cat "$run/training_seconds.txt") s); evaluating"
+else
+    started=$(date +%s)
+    $NMT fit --config "$config" --data.init_args.corpus "$CORPUS" \
+        --trainer.logger.init_args.save_dir "$run" --checkpoint.dirpath "$run/checkpoints" "$@"
+    echo "$(($(date +%s) - started))" > "$run/training_seconds.txt"
+fi
 
 best=$(ls -t "$run"/checkpoints/best-*.ckpt | head -n 1)
-$NMT average --last 5 --out "$run/checkpoints/average.ckpt" "$run"/checkpoints/recent-*.ckpt
+$NMT average --last "$AVERAGE" --out "$run/checkpoints/average.ckpt" "$run"/checkpoints/recent-*.ckpt
 
 evaluate() {  # checkpoint split alpha out-dir
     $NMT evaluate --checkpoint "$1" --corpus "$CORPUS" --split "$2" --alpha "$3" \

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -46,6 +47,18 @@ DECODING = "decoding.json"
 QUANTIZATIONS = ("int8",)
 PACKAGES = ("hypernmt", "torch", "safetensors", "sentencepiece", "numpy")
 _HASH_CHUNK = 1 << 20
+# what a bundle's decoding.json may hold: (type, largest magnitude)
+DECODING_BOUNDS: dict[str, tuple[type, float]] = {
+    "beam_size": (int, 256),
+    "nbest": (int, 256),
+    "alpha": (float, 100.0),
+    "beta": (float, 100.0),
+    "min_length": (int, 4096),
+    "max_length": (int, 4096),
+    "max_length_ratio": (float, 64.0),
+    "max_length_offset": (int, 4096),
+    "return_attention": (bool, 0),
+}
 
 
 @dataclass(frozen=True)
@@ -270,7 +283,7 @@ def load_bundle(directory: str | os.PathLike, quantize: str | None = None) -> Bu
     if WORDPIECES in spec.files:
         from nmt.wordpieces import Wordpieces
 
-        bundle.wordpieces = Wordpieces.from_bytes((root / WORDPIECES).read_bytes())
+        bundle.wordpieces = Wordpieces.load(root / WORDPIECES)
     if VOCABULARY in spec.files:
         from nmt.models.char_lm import CharVocabulary
 
@@ -278,7 +291,7 @@ def load_bundle(directory: str | os.PathLike, quantize: str | None = None) -> Bu
     if DECODING in spec.files:
         from nmt.decoding import DecodingOptions
 
-        options = _read_json(root / DECODING)
+        options = read_decoding(root / DECODING)
         try:
             bundle.decoding = DecodingOptions(**options)
         except (TypeError, UserError) as error:
@@ -399,6 +412,27 @@ def _belongs_to(key: str, modules: list[str]) -> bool:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def read_decoding(path: Path) -> dict[str, Any]:
+    """A bundle's default decoding options, their types and upper bounds checked
+    (``DecodingOptions`` checks the lower bounds and their relations; a server clamps them
+    further). Light like ``read_manifest``: the server checks it before starting workers."""
+    options = _read_json(path)
+    for name, (kind, high) in DECODING_BOUNDS.items():
+        if name not in options:
+            continue
+        value = options[name]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = number and (kind is float or isinstance(value, int))
+            ok = ok and math.isfinite(value) and abs(value) <= high
+        if not ok:
+            expected = "true or false" if kind is bool else f"{kind.__name__} of at most {high}"
+            raise UserError(f"{path}: field {name!r} is {value!r}; expected {expected}")
+    return options
 
 
 def _task_spec(task: Any, where: str = "task") -> TaskSpec:

@@ -3,7 +3,9 @@
 The bundles are checked here, in the parent process (hashes, task, vocabulary), so a bad bundle
 stops the server before any worker starts; the model workers then load them with
 ``nmt.bundle.load_bundle``. LitServe provides ``GET /health`` (200 once every worker is ready),
-``GET /info``, ``/docs`` and ``/openapi.json``.
+``GET /info``, ``/docs`` and ``/openapi.json``; this module adds ``/models``, ``/stats`` and
+``/metrics``, and the HTTP protections: optional API keys (``serve.auth``) and request limits
+(``serve.http_limits``; the uvicorn side is set in ``serve.cli``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nmt.bundle import CONFIG, DECODING, VOCABULARY, read_manifest
+from nmt.bundle import CONFIG, DECODING, VOCABULARY, read_decoding, read_manifest
 from nmt.errors import UserError
 from serve import schemas
+from serve.auth import APIKeyAuth, api_keys
 from serve.bundle_api import BundleAPI
 from serve.char_lm import CharText, LMGenerateAPI, LMScoreAPI
 from serve.classify import ClassifyAPI
+from serve.decoding_limits import clamp_decoding
+from serve.http_limits import RequestLimits
+from serve.metrics import RequestMetrics, ServerMetrics
 from serve.translate import TranslateAPI
 
+SERVER_PATHS = ("/health", "/info", "/models", "/stats", "/metrics", "/docs", "/openapi.json")
 MAX_REPORTED_ERRORS = 10  # a 784-pixel image of NaNs gets a short answer, not 784 lines
 
 
@@ -51,6 +58,7 @@ class ServeOptions:
     # while waiting for a worker
     timeout: float = 30.0
     quantize: str | None = None  # "int8": quantise float bundles' linear layers at load
+    api_keys: tuple[str, ...] = ()  # clients must send one (besides $NMT_API_KEYS); none: open
 
 
 def build_server(options: ServeOptions) -> ls.LitServer:
@@ -89,12 +97,14 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     if not apis:
         raise UserError("nothing to serve: give at least one of --translate, --classify, --lm")
 
+    metrics = ServerMetrics([api.api_path for api in apis] + list(SERVER_PATHS))
     server = ls.LitServer(
         apis,
         accelerator="cpu",
         workers_per_device=options.workers,
         timeout=options.timeout,
         max_payload_size=schemas.MAX_BODY_BYTES,
+        middlewares=_http_middlewares(options, metrics),
     )
     server.app.add_exception_handler(RequestValidationError, _validation_error)
     server.app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -116,7 +126,26 @@ def build_server(options: ServeOptions) -> ls.LitServer:
 
     server.app.add_api_route("/models", list_models, methods=["GET"])
     server.app.add_api_route("/stats", batch_stats, methods=["GET"])
+    _add_metrics(server, apis, metrics)
     return server
+
+
+def _http_middlewares(options: ServeOptions, metrics: ServerMetrics) -> list[tuple[type, dict]]:
+    """Innermost first: API keys (if any), request limits, then metrics, which see every
+    answer of those two. LitServe adds its body size limit outside them."""
+    middlewares: list[tuple[type, dict]] = []
+    keys = api_keys(options.api_keys)
+    if keys:
+        middlewares.append((APIKeyAuth, {"keys": keys}))
+    middlewares.append((RequestLimits, {}))
+    middlewares.append((RequestMetrics, {"metrics": metrics}))
+    return middlewares
+
+
+def _add_metrics(server: ls.LitServer, apis: list[BundleAPI], metrics: ServerMetrics) -> None:
+    """``GET /metrics``: Prometheus text format (serve.metrics)."""
+    metrics.watch(server, apis)
+    server.app.add_api_route("/metrics", metrics.endpoint_handler, methods=["GET"])
 
 
 def _batching(api: BundleAPI) -> dict[str, Any]:
@@ -139,7 +168,7 @@ def _describe(directory: str, task: str, option: str) -> dict[str, Any]:
         "config": json.loads((root / CONFIG).read_text()),
     }
     if DECODING in manifest["files"]:
-        entry["decoding"] = json.loads((root / DECODING).read_text())
+        entry["decoding"] = clamp_decoding(read_decoding(root / DECODING), str(root))
     if VOCABULARY in manifest["files"]:
         entry["vocabulary"] = json.loads((root / VOCABULARY).read_text())
     return entry

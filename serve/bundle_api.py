@@ -15,6 +15,8 @@ from typing import Any
 import litserve as ls
 from litserve.loops.base import LitLoop
 
+from serve.decoding_limits import clamp_decoding
+from serve.startup import StartupErrors, describe, quiet_expected_failures
 from serve.stats import BatchStats
 
 
@@ -44,18 +46,34 @@ class BundleAPI(ls.LitAPI):
         self.threads = threads
         self.quantize = quantize
         self.stats = BatchStats(max_batch_size)
+        self.startup_errors = StartupErrors()
 
     def setup(self, device: str) -> None:
         import torch
 
         from nmt.bundle import load_bundle
 
+        quiet_expected_failures()
         torch.set_num_threads(self.threads)
-        self.bundle = load_bundle(self.bundle_dir, quantize=self.quantize)
-        self.prepare()
+        try:
+            self.bundle = load_bundle(self.bundle_dir, quantize=self.quantize)
+            _hold_decoding_to_limits(self.bundle)
+            self.prepare()
+        except Exception as error:
+            self.startup_errors.record(f"{self.api_path} worker: {describe(error)}")
+            raise
 
     def prepare(self) -> None:
         """Per-worker preparation after the bundle is loaded (vocabularies, defaults)."""
+
+
+def _hold_decoding_to_limits(bundle: Any) -> None:
+    """Clamp a bundle's default decoding options to the request limits (serve.decoding_limits)."""
+    from dataclasses import asdict, replace
+
+    if bundle.decoding is not None:
+        values = clamp_decoding(asdict(bundle.decoding), where=str(bundle.directory))
+        bundle.decoding = replace(bundle.decoding, **values)
 
 
 class BatchPredictAPI(BundleAPI):

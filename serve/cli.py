@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from nmt.bundle import QUANTIZATIONS
 from nmt.errors import UserError
 from serve.app import ServeOptions, build_server
+from serve.auth import API_KEYS_ENV
+from serve.http_limits import LIMITS, uvicorn_options
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the binds LitServe accepts
 DEFAULTS = ServeOptions()
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt serve",
         description="Serve exported bundles: POST /translate, /classify, /lm/score, "
-        "/lm/generate; GET /health, /models, /stats, /docs.",
+        "/lm/generate; GET /health, /models, /stats, /metrics, /docs.",
     )
     parser.add_argument("--translate", metavar="BUNDLE", help="translation bundle directory")
     parser.add_argument("--classify", metavar="BUNDLE", help="MNIST ConvNet bundle directory")
@@ -70,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=QUANTIZATIONS, help="quantise float bundles' linear layers at load"
     )
     parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=LIMITS.read_timeout,
+        help="seconds a client has to send a whole request, headers and body "
+        f"(default {LIMITS.read_timeout})",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"require this key (X-API-Key header) on every path but /health; repeat for "
+        f"several; ${API_KEYS_ENV} (comma-separated) keeps keys out of the process list",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
     )
     return parser
@@ -79,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 1024 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be between 1024 and 65535")
+    if not args.read_timeout > 0:
+        raise UserError(f"--read-timeout {args.read_timeout}: must be above 0")
     options = ServeOptions(**{f.name: getattr(args, f.name) for f in fields(ServeOptions)})
     server = build_server(options)
     previous = signal.signal(signal.SIGTERM, _interrupt_in(os.getpid()))
@@ -89,13 +109,23 @@ def main(argv: list[str] | None = None) -> int:
             num_api_servers=1,
             log_level=args.log_level,
             generate_client_file=False,
+            **uvicorn_options(replace(LIMITS, read_timeout=args.read_timeout)),
         )
     except RuntimeError as error:  # LitServe: a model worker failed to start
-        raise UserError(f"the server could not start: {error} (see the log above)") from None
+        raise UserError(f"the server could not start: {_startup_error(server, error)}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop_workers(server)
     return 0
+
+
+def _startup_error(server, error: RuntimeError) -> str:
+    """The first reason a worker recorded, else LitServe's own message."""
+    for api in server.litapi_connector:
+        message = getattr(api, "startup_errors", None) and api.startup_errors.first()
+        if message:
+            return message
+    return f"{error} (see the log above)"
 
 
 def _interrupt_in(main_pid: int):

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from nmt.text_checks import is_blank
+
 # Limits: a request beyond any of them is refused with a 4xx naming the field.
 MAX_TEXT_CHARS = 1000  # characters per text (translate, LM score, LM prefix)
 MAX_TEXTS = 64  # texts per translate request
@@ -92,7 +94,7 @@ class TranslateRequest(BaseModel):
     @classmethod
     def _texts_not_blank(cls, value: str | list[str]) -> str | list[str]:
         for index, text in enumerate([value] if isinstance(value, str) else value):
-            if not text.strip():
+            if is_blank(text):
                 raise ValueError(
                     "text is blank" if isinstance(value, str) else f"text {index} is blank"
                 )

@@ -158,13 +158,19 @@ def read_lines(path: str | Path) -> list[str]:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:  # a parent that is a file, no permission, ...
+        raise UserError(f"{path}: cannot write there ({error.strerror or error})") from None
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
+    except IsADirectoryError:
+        Path(temporary).unlink(missing_ok=True)
+        raise UserError(f"{path}: is a directory; name an output file") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -182,9 +188,10 @@ def translate_lines(
 ) -> list[list[Hypothesis]]:
     """Hypotheses for every line; blank lines get one empty translation without decoding."""
     from nmt.decoding import Hypothesis, translate_texts
+    from nmt.text_checks import is_blank
 
     texts = [line.strip() for line in lines]
-    wanted = [i for i, text in enumerate(texts) if text]
+    wanted = [i for i, text in enumerate(texts) if not is_blank(text)]
     bar = None
     if progress:
         from tqdm import tqdm

@@ -40,9 +40,9 @@ class DecodingOptions:
             "nbest": 1 <= self.nbest <= self.beam_size,
             "alpha": math.isfinite(self.alpha) and self.alpha >= 0,
             "beta": math.isfinite(self.beta) and self.beta >= 0,
+            "max_length": self.max_length >= 1,  # before min_length, which is checked against it
             "min_length": 0 <= self.min_length <= self.max_length,
             "max_length_ratio": math.isfinite(self.max_length_ratio) and self.max_length_ratio >= 0,
-            "max_length": self.max_length >= 1,
         }
         for field_name, ok in checks.items():
             if not ok:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from nmt.config_bounds import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, check_fraction, check_int
 from nmt.errors import UserError
 from nmt.modules.recurrent import RecurrentConfig, RecurrentStack, State
 from nmt.special_tokens import RESERVED_PIECES, UNK_ID
@@ -72,6 +73,15 @@ class CharLMConfig:
     input_dropout: float = 0.0  # on the embeddings entering the recurrent stack
     output_dropout: float = 0.0  # on the stack's outputs before the softmax
     layer_dropout: float = 0.0  # between recurrent layers (num_layers > 1)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.recurrent, RecurrentConfig):
+            raise ValueError(f"recurrent={self.recurrent!r} is invalid: need a mapping")
+        check_int(self, "vocab_size", len(RESERVED_PIECES) + 1, MAX_VOCAB)
+        check_int(self, "embedding_size", 1, MAX_WIDTH)
+        check_int(self, "num_layers", 1, MAX_LAYERS)
+        for name in ("input_dropout", "output_dropout", "layer_dropout"):
+            check_fraction(self, name)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,6 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.config_bounds import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_HYPER_EMBEDDING,
+    MAX_IMAGE_SIZE,
+    check_bool,
+    check_int,
+)
 from nmt.modules.static_hyper import StaticHyperKernel
 
 POOL = 2  # each conv layer halves the image with 2x2 max pooling
@@ -27,6 +35,14 @@ class ConvNetConfig:
     num_classes: int = 10
     hyper: bool = True  # generate the second kernel with a static hypernetwork
     embedding_size: int = 4  # N_z of the layer embedding (hyper only)
+
+    def __post_init__(self) -> None:
+        check_int(self, "image_size", 1, MAX_IMAGE_SIZE)
+        check_int(self, "channels", 1, MAX_CHANNELS)
+        check_int(self, "kernel_size", 1, self.image_size)
+        check_int(self, "num_classes", 2, MAX_CLASSES)
+        check_bool(self, "hyper")
+        check_int(self, "embedding_size", 1, MAX_HYPER_EMBEDDING)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,8 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.config_bounds import (
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    check_bool,
+    check_fraction,
+    check_int,
+)
 from nmt.modules.recurrent import RecurrentConfig, RecurrentLayer, RecurrentStack, State
-from nmt.special_tokens import PAD_ID
+from nmt.special_tokens import PAD_ID, RESERVED_PIECES
 
 DecoderState = tuple[Tensor, ...]  # every layer's state tensors, flattened; all batch-first
 
@@ -55,9 +63,20 @@ class TranslationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.recurrent, dict):
             self.recurrent = RecurrentConfig(**self.recurrent)
+        if not isinstance(self.recurrent, RecurrentConfig):
+            raise ValueError(f"recurrent={self.recurrent!r} is invalid: need a mapping")
+        check_int(self, "vocab_size", len(RESERVED_PIECES) + 1, MAX_VOCAB)
+        check_int(self, "embedding_size", 1, MAX_WIDTH)
+        check_int(self, "hidden_size", 1, MAX_WIDTH)
+        check_int(self, "encoder_layers", 1, MAX_LAYERS)
+        check_int(self, "decoder_layers", 1, MAX_LAYERS)
+        check_int(self, "residual_from", 0, MAX_LAYERS)
+        check_fraction(self, "dropout")
+        check_fraction(self, "label_smoothing")
+        check_bool(self, "tie_embeddings")
+        check_bool(self, "scale_embeddings")
+        check_bool(self, "input_feeding")
         self.recurrent = replace(self.recurrent, hidden_size=self.hidden_size)
-        if self.encoder_layers < 1 or self.decoder_layers < 1:
-            raise ValueError("encoder_layers and decoder_layers must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)

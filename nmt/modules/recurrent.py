@@ -16,6 +16,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nmt.config_bounds import (
+    MAX_FORGET_BIAS,
+    MAX_HYPER_EMBEDDING,
+    MAX_HYPER_WIDTH,
+    MAX_WIDTH,
+    check_bool,
+    check_float,
+    check_fraction,
+    check_int,
+)
 from nmt.modules.hyperlstm import HyperLSTMCell
 from nmt.modules.lstm import LayerNormLSTMCell, TorchLSTMCell
 from nmt.modules.padding import State, check_lengths, reverse_padded, time_mask
@@ -36,8 +46,12 @@ class RecurrentConfig:
     def __post_init__(self) -> None:
         if self.cell not in CELL_TYPES:
             raise ValueError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
-        if not 0.0 <= self.recurrent_dropout < 1.0:
-            raise ValueError(f"recurrent_dropout must lie in [0, 1), got {self.recurrent_dropout}")
+        check_int(self, "hidden_size", 1, MAX_WIDTH)
+        check_int(self, "hyper_size", 1, MAX_HYPER_WIDTH)
+        check_int(self, "embedding_size", 1, MAX_HYPER_EMBEDDING)
+        check_fraction(self, "recurrent_dropout")
+        check_float(self, "forget_bias", -MAX_FORGET_BIAS, MAX_FORGET_BIAS)
+        check_bool(self, "compile")
 
 
 def make_cell(input_size: int, config: RecurrentConfig) -> nn.Module:

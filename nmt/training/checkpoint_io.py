@@ -11,6 +11,10 @@ good checkpoint stays loadable until the new one is complete. Use it from a YAML
       plugins:
         - class_path: nmt.training.checkpoint_io.AtomicCheckpointIO
 
+Every checkpoint it writes is sealed with a checksum, and it loads checkpoints (``--ckpt_path``)
+the way ``nmt.checkpoints`` does: no code run from the file, the checksum verified. At start it
+removes the ``.*.partial`` files a killed save left behind (``remove_stale_partials``).
+
 (DeepSpeed writes its own checkpoint directories; ``DeepSpeedAnyDeviceStrategy`` swaps those in
 atomically.)
 """
@@ -25,6 +29,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+
+from nmt.checkpoints import load_checkpoint_file, seal
 
 # Temporary files start with "." and end with this suffix (never ".ckpt"), so neither Lightning's
 # search for the last checkpoint nor a glob for "*.ckpt" picks up a half-written one.
@@ -43,9 +49,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"got {storage_options!r}"
             )
         if not _is_local_file_protocol(path):  # object stores: fsspec's own transaction
-            super().save_checkpoint(checkpoint, path)
+            super().save_checkpoint(seal(checkpoint), path)
             return
-        atomic_torch_save(checkpoint, Path(path))
+        atomic_torch_save(seal(checkpoint), Path(path))
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Plain data only (``weights_only`` cannot be turned off), checksum verified."""
+        if not _is_local_file_protocol(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return load_checkpoint_file(path, map_location=map_location or "cpu")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -66,6 +80,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def remove_stale_partials(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that were killed before their rename; the removed
+    paths. Call only when no save into ``directory`` is running (at the start of a run)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted(directory.glob(f".*{PARTIAL_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:

@@ -5,8 +5,9 @@ model, the ConvNet and the character LM share this one entry point. Every run ge
 ModelCheckpoint callbacks in one directory: ``checkpoint`` keeps the best (configs choose what it
 monitors, e.g. validation BLEU), ``last_checkpoint`` rewrites ``last.ckpt`` for
 ``--ckpt_path last``, and ``recent_checkpoints`` (off by default) keeps the last N validated
-checkpoints for averaging. Checkpoint files are written atomically, every run validates after its
-last update, and the data modules' rank-aware samplers are left in place under DDP.
+checkpoints for averaging. Checkpoint files are written atomically and sealed with a checksum,
+every run validates after its last update, a resumed run keeps its best-checkpoint record
+(``ResumeRecord``), and the data modules' rank-aware samplers are left in place under DDP.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from nmt.training.callbacks import ValidateAtLastUpdate
 from nmt.training.checkpoint_io import AtomicCheckpointIO
+from nmt.training.resume import ResumeRecord
 
 
 class TrainingCLI(LightningCLI):
@@ -58,6 +60,8 @@ class TrainingCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("enable_checkpointing") is False:  # then Lightning refuses checkpoints
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        else:
+            callbacks = [*callbacks, ResumeRecord()]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
