@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-paragraph", type=int, default=5)
     args = parser.parse_args(argv)
-    print(f"{'language':>8} {'splitter':>10} {'exact':>6} {'prec':>6} {'recall':>6} {'ms/1k chars':>11}")
+    header = ("language", "splitter", "exact", "prec", "recall", "ms/1k chars")
+    print("{:>8} {:>10} {:>6} {:>6} {:>6} {:>11}".format(*header))
     for language in ("en", "de"):
         groups = paragraphs(language, args.per_paragraph)
         texts = [" ".join(group) for group in groups]
@@ -78,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                 true_positives += len(got & want)
                 predicted += len(got)
                 actual += len(want)
+            precision = true_positives / max(predicted, 1)
+            recall = true_positives / actual
+            per_1k = 1000 * 1000 * seconds / characters
             print(
-                f"{language:>8} {name:>10} {exact:>6.3f} {true_positives / max(predicted, 1):>6.3f} "
-                f"{true_positives / actual:>6.3f} {1000 * 1000 * seconds / characters:>11.2f}"
+                f"{language:>8} {name:>10} {exact:>6.3f} {precision:>6.3f} {recall:>6.3f} "
+                f"{per_1k:>11.2f}"
             )
     return 0
 

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 # source the decoder could not translate in full is never cut silently (documents split it).
 MAX_SOURCE_TOKENS = 256
 DEFAULT_LANGUAGE = "en"  # the sentence splitter's language for documents
+ENCODER_BATCH = 64  # sentences per encoder call when many join at once
 
 
 @dataclass
@@ -400,13 +401,20 @@ class Translator:
         return failed
 
     def _encode_into(self, search: BeamSearch, items: list[_Queued]) -> None:
-        keys = [(item.key, item.index) for item in items]
-        sources = [self._requests[item.key].sources[item.index] for item in items]
+        """Encode in batches of similar length: the encoder's recurrence runs to the longest
+        source of its batch, so a document's sentences are not all padded to its longest."""
+        sources = {
+            (item.key, item.index): self._requests[item.key].sources[item.index] for item in items
+        }
+        keys = sorted(sources, key=lambda key: len(sources[key]))
         with torch.inference_mode():
-            search.add(keys, *pad_sources(sources))
+            for start in range(0, len(keys), ENCODER_BATCH):
+                batch = keys[start : start + ENCODER_BATCH]
+                search.add(batch, *pad_sources([sources[key] for key in batch]))
 
     def _encode_one_by_one(self, search: BeamSearch, items: list[_Queued]) -> list[Finished]:
         """After a joint encoder call failed: each request's sentences alone, to find which."""
+        search.remove([(item.key, item.index) for item in items])  # any that got in
         failed = []
         by_request: dict[Hashable, list[_Queued]] = {}
         for item in items:
