@@ -387,9 +387,10 @@ def test_a_request_past_the_queue_bound_gets_503_with_retry_after(bundles, share
     prepared = api.translator.prepare(texts=texts)
     cost = api.translator.cost(prepared.sources, api.translator.options())
     largest = max(api.translator.cost([ids], api.translator.options()) for ids in prepared.sources)
-    # one sentence decodes at a time; the second request waits; the third finds the queue full
+    # one sentence decodes at a time; the first two requests wait their turn, the third finds
+    # the queue full
     api = worker_api(
-        bundles["translate"], max_live_cost=largest, max_queued_cost=cost + 1, decode_rate=100.0
+        bundles["translate"], max_live_cost=largest, max_queued_cost=2 * cost, decode_rate=100.0
     )
     now = time.monotonic()
     arrivals = [("first", now, request), ("second", now, request), ("third", now, request)]
@@ -531,8 +532,14 @@ def translate_load(server: Server) -> dict:
     return server.get("/stats").json()["/translate"]["load"]
 
 
-def test_over_cost_requests_are_refused_up_front(tight_server, shared_data):
-    long_text = " ".join(multi30k_lines(shared_data, "test_2016_flickr", "en", 12))[:990]
+def test_over_cost_requests_are_refused_up_front(tight_server, loaded, shared_data):
+    words = " ".join(multi30k_lines(shared_data, "test_2016_flickr", "en", 12)).split()
+    encode = loaded["translate"].wordpieces.encode
+    long_text = next(  # fits the model (256), but 16 beams of it exceed the capacity
+        text
+        for n in range(len(words))
+        if 16 * (len(encode(text := " ".join(words[:n]))) + 1) > TIGHT_LIVE_COST
+    )
     answer = tight_server.post("/translate", {"text": long_text, "beam_size": 16})
     assert answer.status_code == 413 and "a worker holds" in answer.json()["detail"], answer.text
     document, _ = real_document(shared_data)
