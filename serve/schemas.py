@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -150,7 +151,16 @@ class Candidate(BaseModel):
     log_prob: float = Field(description="log P(translation | source)")
 
 
+def _without_unasked(data: dict, names: tuple[str, ...]) -> dict:
+    """The fields a request did not ask for are left out (absent, not null)."""
+    return {key: value for key, value in data.items() if key not in names or value is not None}
+
+
 class Translation(BaseModel):
+    @model_serializer(mode="wrap")
+    def _alignment_only_when_asked(self, handler):
+        return _without_unasked(handler(self), ("source_tokens", "target_tokens", "alignment"))
+
     text: str = Field(description="the best translation")
     score: float
     log_prob: float
@@ -169,6 +179,10 @@ class Translation(BaseModel):
 
 
 class TranslateResponse(BaseModel):
+    @model_serializer(mode="wrap")
+    def _document_only_for_documents(self, handler):
+        return _without_unasked(handler(self), ("document",))
+
     document: str | None = Field(
         None, description="for a document: its translation, with the original whitespace kept"
     )
