@@ -15,7 +15,7 @@ Against a running server:
 Or let the benchmark start (and stop) the server on a free port, here with one model worker per
 core of a 2-core machine:
     python benchmarks/serve_load.py --translate bundles/en-de \
-        --serve-args '--workers 2 --max-batch-size 16'
+        --serve-args '--workers 2'
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def started_server(bundle: str, extra: list[str]):
-    """`nmt serve` on a free port of 127.0.0.1, stopped (SIGTERM to its PID) on exit."""
+def started_server(bundle: str, extra: list[str], with_pid: bool = False):
+    """`nmt serve` on a free port of 127.0.0.1, stopped (SIGTERM to its PID) on exit; yields
+    its URL (and its PID with ``with_pid``)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "nmt.cli", "serve", "--translate", bundle, "--port", str(port)]
@@ -114,7 +115,7 @@ def started_server(bundle: str, extra: list[str]):
             if time.monotonic() > deadline:
                 raise SystemExit(f"the server was not healthy within {STARTUP_SECONDS} s")
             time.sleep(0.5)
-        yield url
+        yield (url, process.pid) if with_pid else url
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
     target.add_argument("--translate", metavar="BUNDLE", help="start `nmt serve` on this bundle")
     parser.add_argument(
-        "--serve-args", default="", help="extra `nmt serve` options, e.g. '--max-batch-size 64'"
+        "--serve-args", default="", help="extra `nmt serve` options, e.g. '--workers 2'"
     )
     parser.add_argument("--sentences", type=Path, default=DEFAULT_SENTENCES)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{manifest['parameters']:,} parameters, stored {manifest['quantize'] or 'float'}, "
             f"served {models['quantize_at_load'] or manifest['quantize'] or 'float'}, "
             f"workers={models['workers']}, "
-            f"{batching['batching']} batching of up to {batching['max_batch_size']} requests; "
-            f"{len(sentences)} sentences"
+            f"{batching['batching']} batching of up to {batching['max_live_cost']} live cost "
+            f"units per worker; {len(sentences)} sentences"
         )
         run_level(url, sentences, 1, WARMUP_REQUESTS)
         results = [run_level(url, sentences, n, args.requests) for n in args.clients]

@@ -31,7 +31,7 @@ from serve.classify import ClassifyAPI
 from serve.decoding_limits import clamp_decoding
 from serve.http_limits import RequestLimits
 from serve.metrics import RequestMetrics, ServerMetrics
-from serve.translate import TranslateAPI
+from serve.translate import AdmissionConfig, TranslateAPI
 
 SERVER_PATHS = ("/health", "/info", "/models", "/stats", "/metrics", "/docs", "/openapi.json")
 MAX_REPORTED_ERRORS = 10  # a 784-pixel image of NaNs gets a short answer, not 784 lines
@@ -42,13 +42,19 @@ class ServeOptions:
     translate: str | None = None  # bundle directories, one per task
     classify: str | None = None
     lm: str | None = None
-    max_batch_size: int = 32  # requests decoded together (translate, classify)
+    max_batch_size: int = 32  # requests classified together (/classify)
     # /classify: seconds a batch waits to fill; a lone request pays it once.
     batch_timeout: float = 0.05
     # /translate: seconds new requests may wait to join a running search together (one encoder
     # pass for all of them); a request to an idle worker starts at once. Measured, 32 clients,
     # Multi30k model: 0.05 s -> 45.6 req/s, p99 1.30 s; 0.15 s -> 54.8, 1.11 s; 0.3 s -> 55.0.
-    join_window: float = 0.2
+    join_window: float = AdmissionConfig.join_window
+    # /translate, per worker: live rows x source wordpieces decoding at once (memory grows with
+    # it), waiting work before 503, and the decoding rate the up-front timeout check assumes
+    max_live_cost: int = AdmissionConfig.max_live_cost
+    max_queued_cost: int = AdmissionConfig.max_queued_cost
+    decode_rate: float = AdmissionConfig.decode_rate
+    language: str = AdmissionConfig.language  # documents' sentence splitter
     workers: int = 1  # model worker processes per endpoint
     # torch threads per worker: decoding small batches step by step gains little from more, and
     # spinning threads on a busy CPU cost far more (measured: 16 sentences 0.08 s on one thread,
@@ -68,6 +74,8 @@ def build_server(options: ServeOptions) -> ls.LitServer:
         raise UserError("--batch-timeout and --join-window must be >= 0, --timeout > 0")
     if options.threads < 1:
         raise UserError("--threads must be at least 1")
+    if options.max_live_cost < 1 or options.max_queued_cost < 1 or options.decode_rate <= 0:
+        raise UserError("--max-live-cost, --max-queued-cost and --decode-rate must be positive")
     common = {"threads": options.threads, "quantize": options.quantize}
     batched = {"max_batch_size": options.max_batch_size, **common}
     apis: list[BundleAPI] = []
@@ -83,7 +91,19 @@ def build_server(options: ServeOptions) -> ls.LitServer:
             "translation",
             options.translate,
             "--translate",
-            TranslateAPI(options.translate, batch_timeout=options.join_window, **batched),
+            TranslateAPI(
+                options.translate,
+                admission=AdmissionConfig(
+                    max_live_cost=options.max_live_cost,
+                    max_queued_cost=options.max_queued_cost,
+                    decode_rate=options.decode_rate,
+                    join_window=options.join_window,
+                    language=options.language,
+                ),
+                timeout=options.timeout,
+                workers=options.workers,
+                **common,
+            ),
         )
     if options.classify:
         classify = ClassifyAPI(options.classify, batch_timeout=options.batch_timeout, **batched)
@@ -149,6 +169,8 @@ def _add_metrics(server: ls.LitServer, apis: list[BundleAPI], metrics: ServerMet
 
 
 def _batching(api: BundleAPI) -> dict[str, Any]:
+    if isinstance(api, TranslateAPI):
+        return {"batching": api.batching, **api.admission.__dict__}
     return {
         "batching": api.batching,
         "max_batch_size": api.max_batch_size,

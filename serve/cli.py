@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-size",
         type=int,
         default=DEFAULTS.max_batch_size,
-        help=f"requests decoded together (default {DEFAULTS.max_batch_size})",
+        help=f"/classify: requests classified together (default {DEFAULTS.max_batch_size})",
     )
     parser.add_argument(
         "--batch-timeout",
@@ -60,6 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.join_window,
         help="/translate: seconds new requests may wait to join the running beam search "
         f"together (default {DEFAULTS.join_window})",
+    )
+    parser.add_argument(
+        "--max-live-cost",
+        type=int,
+        default=DEFAULTS.max_live_cost,
+        help="/translate: per worker, live rows x source wordpieces decoding at once; worker "
+        f"memory grows with it (default {DEFAULTS.max_live_cost})",
+    )
+    parser.add_argument(
+        "--max-queued-cost",
+        type=int,
+        default=DEFAULTS.max_queued_cost,
+        help="/translate: per worker, waiting work past which requests get 503 with "
+        f"Retry-After (default {DEFAULTS.max_queued_cost})",
+    )
+    parser.add_argument(
+        "--decode-rate",
+        type=float,
+        default=DEFAULTS.decode_rate,
+        help="/translate: cost units a worker decodes per second, for refusing up front what "
+        f"could not finish within --timeout (default {DEFAULTS.decode_rate:g})",
+    )
+    parser.add_argument(
+        "--language",
+        default=DEFAULTS.language,
+        help=f"/translate: source language of documents' sentence splitter "
+        f"(default {DEFAULTS.language})",
     )
     parser.add_argument(
         "--timeout",

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -28,6 +29,7 @@ from nmt.text_checks import is_blank
 # Limits: a request beyond any of them is refused with a 4xx naming the field.
 MAX_TEXT_CHARS = 1000  # characters per text (translate, LM score, LM prefix)
 MAX_TEXTS = 64  # texts per translate request
+MAX_DOCUMENT_CHARS = 100_000  # characters per translate document (split into sentences)
 MAX_BEAM_SIZE = 16
 MAX_NBEST = MAX_BEAM_SIZE
 MAX_ALPHA = 5.0  # length penalty exponent
@@ -78,36 +80,70 @@ OneOrMoreTexts = Annotated[
 
 
 class TranslateRequest(BaseModel):
-    """One text or a list of texts, with optional beam settings (defaults from the bundle)."""
+    """One text, a list of texts, or a document, with optional beam settings (defaults from the
+    bundle). Give exactly one of ``text`` and ``document``."""
 
     model_config = _strict(
-        json_schema_extra={"examples": [{"text": "A man is riding a bike.", "beam_size": 5}]}
+        json_schema_extra={
+            "examples": [
+                {"text": "A man is riding a bike.", "beam_size": 5},
+                {"document": "A dog runs. A cat sleeps.\n\nTwo men talk.", "alignment": True},
+            ]
+        }
     )
 
-    text: OneOrMoreTexts
+    text: OneOrMoreTexts | None = Field(
+        None, description="one sentence, or a list of them (each translated as one sentence)"
+    )
+    document: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_DOCUMENT_CHARS,
+        description="a whole text: split into paragraphs (blank lines and line breaks kept "
+        "exactly) and sentences, each translated on its own, then reassembled with the "
+        "original whitespace",
+    )
     beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE)
     alpha: float | None = Field(None, ge=0.0, le=MAX_ALPHA, allow_inf_nan=False)
     beta: float | None = Field(None, ge=0.0, le=MAX_BETA, allow_inf_nan=False)
     nbest: int | None = Field(None, ge=1, le=MAX_NBEST, description="at most beam_size")
+    alignment: bool = Field(
+        False,
+        description="add each sentence's source and target wordpieces and their alignment "
+        "(argmax attention per target wordpiece)",
+    )
 
     @field_validator("text")
     @classmethod
-    def _texts_not_blank(cls, value: str | list[str]) -> str | list[str]:
-        for index, text in enumerate([value] if isinstance(value, str) else value):
+    def _texts_not_blank(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for index, text in enumerate(
+            [] if value is None else [value] if isinstance(value, str) else value
+        ):
             if is_blank(text):
                 raise ValueError(
                     "text is blank" if isinstance(value, str) else f"text {index} is blank"
                 )
         return value
 
+    @field_validator("document")
+    @classmethod
+    def _document_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and is_blank(value):
+            raise ValueError("document is blank")
+        return value
+
     @model_validator(mode="after")
-    def _nbest_within_beam(self) -> TranslateRequest:
+    def _one_input_and_nbest_within_beam(self) -> TranslateRequest:
+        if (self.text is None) == (self.document is None):
+            raise ValueError("give exactly one of 'text' and 'document'")
         if self.nbest is not None and self.beam_size is not None and self.nbest > self.beam_size:
             raise ValueError(f"nbest ({self.nbest}) must not exceed beam_size ({self.beam_size})")
         return self
 
     @property
     def texts(self) -> list[str]:
+        if self.text is None:
+            return []
         return [self.text] if isinstance(self.text, str) else list(self.text)
 
 
@@ -117,15 +153,44 @@ class Candidate(BaseModel):
     log_prob: float = Field(description="log P(translation | source)")
 
 
+def _without_unasked(data: dict, names: tuple[str, ...]) -> dict:
+    """The fields a request did not ask for are left out (absent, not null)."""
+    return {key: value for key, value in data.items() if key not in names or value is not None}
+
+
 class Translation(BaseModel):
+    @model_serializer(mode="wrap")
+    def _alignment_only_when_asked(self, handler):
+        return _without_unasked(handler(self), ("source_tokens", "target_tokens", "alignment"))
+
     text: str = Field(description="the best translation")
     score: float
     log_prob: float
     nbest: list[Candidate] | None = Field(None, description="best first, when nbest was given")
+    source_tokens: list[str] | None = Field(
+        None, description="the source's wordpieces, when alignment was asked"
+    )
+    target_tokens: list[str] | None = Field(
+        None, description="the best translation's wordpieces, when alignment was asked"
+    )
+    alignment: list[list[int]] | None = Field(
+        None,
+        description="[source_index, target_index] pairs: for each target wordpiece the source "
+        "wordpiece it attends to most (end of sentence excluded), when alignment was asked",
+    )
 
 
 class TranslateResponse(BaseModel):
-    translations: list[Translation] = Field(description="one per input text, in order")
+    @model_serializer(mode="wrap")
+    def _document_only_for_documents(self, handler):
+        return _without_unasked(handler(self), ("document",))
+
+    document: str | None = Field(
+        None, description="for a document: its translation, with the original whitespace kept"
+    )
+    translations: list[Translation] = Field(
+        description="one per input text, or one per sentence of the document, in order"
+    )
 
 
 # ----------------------------------------------------------------------------- classify
@@ -231,6 +296,7 @@ def limits() -> dict[str, int | float]:
     return {
         "max_text_chars": MAX_TEXT_CHARS,
         "max_texts": MAX_TEXTS,
+        "max_document_chars": MAX_DOCUMENT_CHARS,
         "max_beam_size": MAX_BEAM_SIZE,
         "max_nbest": MAX_NBEST,
         "max_alpha": MAX_ALPHA,

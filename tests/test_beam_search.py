@@ -390,3 +390,32 @@ def test_sentences_joining_a_running_search_get_what_they_get_alone(beam_size):
         assert [h.score for h in hypotheses] == pytest.approx([h.score for h in expected], abs=1e-5)
         for got, want in zip(hypotheses, expected, strict=True):
             assert torch.allclose(got.attention, want.attention, atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_removed_sentences_leave_at_once_and_the_others_go_on_as_alone(beam_size):
+    """``remove`` between steps: the removed sentences' rows are gone before the next step,
+    and every other sentence decodes exactly as it does alone."""
+    model = ToyAttentionModel().eval()
+    sources = toy_sources(8, seed=5)
+    options = DecodingOptions(
+        beam_size=beam_size, nbest=beam_size, beta=0.2, return_attention=True, max_length=12
+    )
+    alone = [translate_ids(model, [s], options, 1)[0] for s in sources]
+    search, found = BeamSearch(model, options), {}
+    search.add(list(range(8)), *pad_sources(sources))
+    found.update(search.step())
+    gone = {1, 4, 6} - set(found)
+    assert gone
+    rows_before = search.live_rows
+    removed_rows = int(sum(search.live.sentence.eq(search.keys.index(k)).sum() for k in gone))
+    search.remove(gone)
+    assert search.live_rows == rows_before - removed_rows and not gone & set(search.keys)
+    while len(search):
+        found.update(search.step())
+    assert set(found) == set(range(8)) - gone
+    for index, hypotheses in found.items():
+        assert [h.tokens for h in hypotheses] == [h.tokens for h in alone[index]]
+        expected = [h.score for h in alone[index]]
+        assert [h.score for h in hypotheses] == pytest.approx(expected, abs=1e-5)

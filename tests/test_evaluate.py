@@ -222,9 +222,11 @@ def test_translate_file_stdin_and_nbest(checkpoint, files, tmp_path, capsys, mon
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(source.read_bytes())))
     code, out, _ = run_nmt(capsys, "translate", "--checkpoint", checkpoint, "--nbest", 2)
     assert code == 0
-    nbest = [json.loads(line) for line in out.splitlines()]
+    records = [json.loads(line) for line in out.splitlines()]  # the server's Translation fields
+    nbest = [record["nbest"] for record in records]
     assert len(nbest) == TEST_LINES and all(len(entry) == 2 for entry in nbest)
     assert all(entry[0]["score"] >= entry[1]["score"] for entry in nbest)
+    assert [record["text"] for record in records] == [entry[0]["text"] for entry in nbest]
 
 
 def test_bad_input_is_a_one_line_error(checkpoint, files, tmp_path, capsys):

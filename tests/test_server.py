@@ -35,7 +35,9 @@ from test_bundle import (
 )
 
 from nmt.bundle import load_bundle, read_manifest, write_bundle
+from nmt.cli import main as nmt_main
 from nmt.decoding import translate_texts
+from serve.translate import AdmissionConfig
 
 STARTUP_SECONDS = 180  # generous: the workers import torch on a shared, busy machine
 SHUTDOWN_SECONDS = 60
@@ -159,11 +161,9 @@ def test_health_models_and_openapi(server):
     translation = models["models"]["translation"]
     assert translation["manifest"] == read_manifest(server.bundles["translate"])
     assert translation["decoding"]["beam_size"] == TEST_DECODING.beam_size
-    assert translation["endpoints"]["/translate"] == {
-        "batching": "continuous",
-        "max_batch_size": MAX_BATCH_SIZE,
-        "batch_timeout": BATCH_TIMEOUT,
-    }
+    endpoint = translation["endpoints"]["/translate"]
+    assert endpoint["batching"] == "continuous" and endpoint["join_window"] == BATCH_TIMEOUT
+    assert endpoint["max_live_cost"] == AdmissionConfig.max_live_cost
     assert set(models["models"]["char_lm"]["endpoints"]) == {"/lm/score", "/lm/generate"}
     assert models["limits"]["max_beam_size"] >= 1
 
@@ -174,7 +174,14 @@ def test_health_models_and_openapi(server):
         assert "200" in schema["paths"][path]["post"]["responses"]
     for path in ("/health", "/models", "/stats"):
         assert "get" in schema["paths"][path]
-    assert "beam_size" in schema["components"]["schemas"]["TranslateRequest"]["properties"]
+    request = schema["components"]["schemas"]["TranslateRequest"]["properties"]
+    assert {"text", "document", "beam_size", "alpha", "beta", "nbest", "alignment"} <= set(request)
+    assert request["document"]["anyOf"][0]["maxLength"] >= 100_000
+    components = schema["components"]["schemas"]
+    assert {"document", "translations"} <= set(components["TranslateResponse"]["properties"])
+    assert {"source_tokens", "target_tokens", "alignment"} <= set(
+        components["Translation"]["properties"]
+    )
 
 
 def test_translate_as_in_process(server, loaded, shared_data):
@@ -220,25 +227,24 @@ def test_a_short_request_does_not_wait_for_a_long_one(loaded, shared_data):
     (The untrained model runs every output to its length limit, 2 x source + 10 here.)"""
     from dataclasses import replace
 
-    from serve.schemas import TranslateRequest
-    from serve.translate import ContinuousTranslator
+    from nmt.decoding.translator import Translator
 
     bundle = loaded["translate"]
-    bundle = replace(bundle, decoding=replace(bundle.decoding, max_length=100))
+    defaults = replace(bundle.decoding, max_length=100)
     long_texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 24)
     short_text = "A dog."
-    translator = ContinuousTranslator(bundle)
-    translator.admit([("long", TranslateRequest(text=long_texts, nbest=2), 0.0)])
+    translator = Translator(bundle.model, bundle.wordpieces, defaults)
+    options = translator.options(nbest=2)
+    translator.add("long", translator.prepare(texts=long_texts), options)
     answers, steps = {}, 0
     while "short" not in answers:
         if steps == 2:
-            translator.admit([("short", TranslateRequest(text=short_text), 0.0)])
-        answers.update(translator.step())
+            translator.add("short", translator.prepare(texts=[short_text]), translator.options())
+        answers.update((item.key, item) for item in translator.step())
         steps += 1
     assert "long" not in answers and len(translator) == 1
-    while translator:
-        answers.update(translator.step())
-    options = replace(bundle.decoding, nbest=2)
+    while len(translator):
+        answers.update((item.key, item) for item in translator.step())
     alone = translate_texts(bundle.model, bundle.wordpieces, long_texts, options, batch_size=5)
     for translation, hypotheses in zip(answers["long"].translations, alone, strict=True):
         assert [c.text for c in translation.nbest] == [
@@ -247,9 +253,7 @@ def test_a_short_request_does_not_wait_for_a_long_one(loaded, shared_data):
         assert [c.score for c in translation.nbest] == pytest.approx(
             [h.score for h in hypotheses], rel=1e-4
         )
-    short_alone = translate_texts(
-        bundle.model, bundle.wordpieces, [short_text], bundle.decoding, batch_size=1
-    )
+    short_alone = translate_texts(bundle.model, bundle.wordpieces, [short_text], defaults, 1)
     assert answers["short"].translations[0].text == bundle.wordpieces.decode(
         short_alone[0][0].tokens
     )
@@ -268,42 +272,140 @@ class RecordingTransport:
             self.queue.put((None, None, None, None))  # LitServe's stop sentinel
 
 
-def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
-    """The worker loop, in process, on a clock that moves one second at every look: a request
-    that waited too long in the queue and one that runs out of time while decoding both get a
-    504; the request beside them is answered."""
-    import itertools
+def run_worker_loop(api, arrivals: list[tuple], last: str, clock=time.monotonic) -> dict:
+    """The model worker's loop in this process over ``arrivals`` (uid, arrival time,
+    request); returns each uid's (status code or 200, data), stopping after ``last``."""
     import pickle
     from queue import Queue
 
     from litserve.utils import LitAPIStatus
 
-    from serve.schemas import TranslateRequest
-    from serve.translate import ContinuousBatchingLoop, TranslateAPI
+    from serve.translate import TranslateLoop
 
-    api = TranslateAPI(str(bundles["translate"]), max_batch_size=4)
-    api.setup("cpu")
-    api.request_timeout = 30.0
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 8)
-    # admission looks at the clock once per request, the loop a few times per step; the
-    # untrained model takes 13 steps (max_length 12 + EOS), and "late" passes 30 s within 4.
-    clock = itertools.count(1000.0)
     queue = Queue()
-    queue.put((0, "queued too long", 900.0, TranslateRequest(text=texts[0])))
-    queue.put((0, "late while decoding", 975.0, TranslateRequest(text=texts)))
-    queue.put((0, "in time", 1000.0, TranslateRequest(text=texts[1])))
-    transport = RecordingTransport(queue, last="in time")
-    ContinuousBatchingLoop(clock=lambda: next(clock))(api, "cpu", 0, queue, transport, {}, None)
+    for uid, arrived, request in arrivals:
+        queue.put((0, uid, arrived, request))
+    transport = RecordingTransport(queue, last)
+    TranslateLoop(clock=clock)(api, "cpu", 0, queue, transport, {}, None)
+    answers = {}
+    for uid, (data, status) in transport.answers.items():
+        if status == LitAPIStatus.ERROR:
+            error = pickle.loads(pickle.dumps(data))
+            answers[uid] = (error.status_code, error.detail)
+        else:
+            answers[uid] = (200, data)
+    return answers
 
-    assert list(transport.answers) == ["queued too long", "late while decoding", "in time"]
-    for uid in ("queued too long", "late while decoding"):
-        data, status = transport.answers[uid]
-        error = pickle.loads(pickle.dumps(data))
-        assert status == LitAPIStatus.ERROR and error.status_code == 504, uid
-    data, status = transport.answers["in time"]
-    assert status == LitAPIStatus.OK
+
+def worker_api(bundle: Path, timeout: float = 30.0, **admission):
+    from serve.translate import AdmissionConfig, TranslateAPI
+
+    api = TranslateAPI(str(bundle), admission=AdmissionConfig(join_window=0.0, **admission))
+    api.setup("cpu")
+    api.request_timeout = timeout
+    return api
+
+
+def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
+    """The worker loop, in process, on a clock that moves one second at every look: a request
+    that waited too long in the queue and one that runs out of time while decoding both get a
+    504 (the late one leaves the batch then); the request beside them is answered."""
+    import itertools
+
+    from serve.schemas import TranslateRequest
+
+    api = worker_api(bundles["translate"], decode_rate=1e9)
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 8)
+    # the loop looks at the clock about twice per step; the untrained model takes 13 steps
+    # (max_length 12 + EOS), and "late" passes 30 s within a few of them.
+    clock = itertools.count(1000.0)
+    answers = run_worker_loop(
+        api,
+        [
+            ("queued too long", 900.0, TranslateRequest(text=texts[0])),
+            ("late while decoding", 975.0, TranslateRequest(text=texts)),
+            ("in time", 1000.0, TranslateRequest(text=texts[1])),
+        ],
+        last="in time",
+        clock=lambda: next(clock),
+    )
+    assert list(answers) == ["queued too long", "late while decoding", "in time"]
+    assert answers["queued too long"][0] == 504 and answers["late while decoding"][0] == 504
+    status, data = answers["in time"]
+    assert status == 200
     expected = in_process_translations(load_bundle(bundles["translate"]), [texts[1]])
     assert data.translations[0].text == expected[0][0][0]
+    assert api.stats.load()["removed"] == 1  # the late one's rows left the batch
+
+
+class FailingWordpieces:
+    """A bundle's wordpieces, except that formatting one given output raises (as a damaged
+    weight can make a model emit what the wordpiece model cannot decode)."""
+
+    def __init__(self, wordpieces, poison: list[int]) -> None:
+        self.wordpieces, self.poison = wordpieces, poison
+
+    def __getattr__(self, name):
+        return getattr(self.wordpieces, name)
+
+    def decode(self, ids):
+        if list(ids) == self.poison:
+            raise IndexError("piece id is out of range")
+        return self.wordpieces.decode(ids)
+
+
+def test_a_failing_request_gets_its_500_and_its_neighbours_their_answers(bundles, shared_data):
+    from serve.schemas import TranslateRequest
+
+    api = worker_api(bundles["translate"])
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+    expected = translate_texts(
+        api.bundle.model, api.bundle.wordpieces, texts, TEST_DECODING, batch_size=6
+    )
+    poison = expected[3][0].tokens
+    assert all(h[0].tokens != poison for i, h in enumerate(expected) if i != 3)
+    api.translator.wordpieces = FailingWordpieces(api.bundle.wordpieces, poison)
+    now = time.monotonic()
+    arrivals = [(f"r{i}", now, TranslateRequest(text=text)) for i, text in enumerate(texts)]
+    arrivals.append(("after", now, TranslateRequest(text=texts[0])))  # the worker goes on
+    answers = run_worker_loop(api, arrivals, last="after")
+    assert answers["r3"] == (500, "could not format the translation: piece id is out of range")
+    for i in (0, 1, 2, 4, 5):
+        status, data = answers[f"r{i}"]
+        assert status == 200
+        assert data.translations[0].text == api.bundle.wordpieces.decode(expected[i][0].tokens)
+    assert answers["after"][0] == 200
+
+
+def test_a_request_past_the_queue_bound_gets_503_with_retry_after(bundles, shared_data):
+    from serve.schemas import TranslateRequest
+    from serve.translate import _http_exception
+
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 4)
+    request = TranslateRequest(text=texts)
+    api = worker_api(bundles["translate"])
+    prepared = api.translator.prepare(texts=texts)
+    cost = api.translator.cost(prepared.sources, api.translator.options())
+    largest = max(api.translator.cost([ids], api.translator.options()) for ids in prepared.sources)
+    # one sentence decodes at a time; the first two requests wait their turn, the third finds
+    # the queue full
+    api = worker_api(
+        bundles["translate"], max_live_cost=largest, max_queued_cost=2 * cost, decode_rate=100.0
+    )
+    now = time.monotonic()
+    arrivals = [("first", now, request), ("second", now, request), ("third", now, request)]
+    answers = run_worker_loop(api, arrivals, last="second")
+    assert answers["first"][0] == 200 and answers["second"][0] == 200
+    status, detail = answers["third"]
+    assert status == 503 and detail["retry_after"] >= 1
+    error = _http_exception(PickleableHTTP(503, detail))
+    assert error.headers == {"Retry-After": str(detail["retry_after"])}
+
+
+def PickleableHTTP(status: int, detail):
+    from litserve.utils import PickleableHTTPException
+
+    return PickleableHTTPException(status, detail)
 
 
 def mnist_test_image(shared_data: Path) -> list[list[int]]:
@@ -358,6 +460,146 @@ def test_lm_score_and_generate(server, loaded):
     assert greedy == "".join(" " if symbols[i] == "_" else symbols[i] for i in expected)
 
 
+def real_document(shared_data: Path) -> tuple[str, list[str]]:
+    """Multi30k sentences laid out as a user's text: paragraphs, line breaks, odd spaces."""
+    lines = multi30k_lines(shared_data, "test_2016_flickr", "en", 40)
+    sentences = [line for line in lines if line.endswith(".")][:9]
+    gaps = ["  ", " ", "\n", "  ", "\n\n", "\t", " ", "\r\n\r\n   ", " ", "\n\n\n"]
+    text = "".join(gap + sentence for gap, sentence in zip(gaps, sentences, strict=False))
+    return text + gaps[-1], sentences
+
+
+def test_a_document_is_its_sentences_translated_one_by_one_whitespace_kept(
+    server, loaded, shared_data
+):
+    document, sentences = real_document(shared_data)
+    alone = [in_process_translations(loaded["translate"], [s])[0][0][0] for s in sentences]
+    answer = server.post("/translate", {"document": document})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [t["text"] for t in body["translations"]] == alone
+    expected = document
+    for sentence, translation in zip(sentences, alone, strict=True):
+        expected = expected.replace(sentence, translation, 1)
+    assert body["document"] == expected
+    texts = server.post("/translate", {"text": sentences}).json()
+    assert "document" not in texts and [t["text"] for t in texts["translations"]] == alone
+
+
+def test_cli_and_server_agree_on_nbest_and_alignment(server, shared_data, tmp_path, capsys):
+    import json
+
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 4)
+    source = tmp_path / "test.en"
+    source.write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
+    code = nmt_main(
+        ["translate", "--bundle", str(server.bundles["translate"]), "--input", str(source),
+         "--nbest", "2", "--alignment", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    answer = server.post("/translate", {"text": texts, "nbest": 2, "alignment": True})
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["translations"]
+    for mine, theirs in zip(cli, served, strict=True):
+        assert mine["text"] == theirs["text"]
+        assert [c["text"] for c in mine["nbest"]] == [c["text"] for c in theirs["nbest"]]
+        assert mine["score"] == pytest.approx(theirs["score"], rel=1e-5)
+        for field in ("source_tokens", "target_tokens", "alignment"):
+            assert mine[field] == theirs[field]
+        assert len(theirs["alignment"]) == len(theirs["target_tokens"])
+        assert all(0 <= s < len(theirs["source_tokens"]) for s, _ in theirs["alignment"])
+    plain = server.post("/translate", {"text": texts[0]}).json()["translations"][0]
+    assert not {"alignment", "source_tokens", "target_tokens"} & set(plain)
+
+
+# ----------------------------------------------------------------------------- admission
+
+TIGHT_LIVE_COST = 3000  # live rows x source wordpieces per worker, for the admission server
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory, bundles) -> Server:
+    """A /translate server with a small capacity, so a burst fills it and waits in order."""
+    args = ["--translate", str(bundles["translate"]), "--max-live-cost", str(TIGHT_LIVE_COST)]
+    args += ["--max-queued-cost", "200000", "--decode-rate", "5000"]
+    running = start_server(tmp_path_factory.mktemp("tight"), args, bundles)
+    yield running
+    stop_server(running)
+
+
+def translate_load(server: Server) -> dict:
+    return server.get("/stats").json()["/translate"]["load"]
+
+
+def test_over_cost_requests_are_refused_up_front(tight_server, loaded, shared_data):
+    words = " ".join(multi30k_lines(shared_data, "test_2016_flickr", "en", 12)).split()
+    encode = loaded["translate"].wordpieces.encode
+    long_text = next(  # fits the model (256), but 16 beams of it exceed the capacity
+        text
+        for n in range(len(words))
+        if 16 * (len(encode(text := " ".join(words[:n]))) + 1) > TIGHT_LIVE_COST
+    )
+    answer = tight_server.post("/translate", {"text": long_text, "beam_size": 16})
+    assert answer.status_code == 413 and "a worker holds" in answer.json()["detail"], answer.text
+    document, _ = real_document(shared_data)
+    huge = (document * 400)[:100_000]  # about 1,300 sentences at beam 16: minutes of work
+    answer = tight_server.post("/translate", {"document": huge, "beam_size": 16})
+    assert answer.status_code == 413 and "timeout" in answer.json()["detail"], answer.text
+    assert translate_load(tight_server)["requests"] == 0  # nothing was queued
+
+
+def test_a_disconnected_clients_rows_leave_the_batch(tight_server, shared_data):
+    """A document of about 600 sentences needs 13 decoder steps (the untrained model runs to
+    its length cap, 12 + EOS); its client leaves at once, and it is removed before it gets
+    them."""
+    document, _ = real_document(shared_data)
+    before = translate_load(tight_server)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(
+            tight_server.url + "/translate", json={"document": document * 60}, timeout=0.3
+        )
+    deadline = time.monotonic() + 60
+    while (load := translate_load(tight_server))["removed"] == before["removed"]:
+        assert time.monotonic() < deadline, load
+        time.sleep(0.2)
+    assert load["requests"] == 0 and load["live_rows"] == 0 and load["queued_sentences"] == 0
+    assert load["steps"] - before["steps"] < 13
+
+
+def test_a_burst_of_maximum_requests_keeps_within_capacity(tight_server, shared_data):
+    """Many requests at the limits at once: each is answered (200, or 503 with Retry-After past
+    the queue bound), the live cost never exceeds the capacity, and the worker's memory stays
+    within a small bound of where it started."""
+    texts = [line[:1000] for line in multi30k_lines(shared_data, "test_2016_flickr", "en", 64)]
+    body = {"text": texts, "beam_size": 4}
+    worker = max(
+        psutil.Process(tight_server.process.pid).children(recursive=True),
+        key=lambda p: p.memory_info().rss,
+    )
+    rss_before = worker.memory_info().rss
+    highest, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            highest[0] = max(highest[0], translate_load(tight_server)["live_cost"])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: tight_server.post("/translate", body), range(8)))
+    finally:
+        stop.set()
+        watcher.join()
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    assert all("Retry-After" in a.headers for a in answers if a.status_code == 503)
+    assert 0 < highest[0] <= TIGHT_LIVE_COST
+    assert worker.memory_info().rss - rss_before < 200 << 20
+
+
 # ----------------------------------------------------------------------------- bad input
 
 NAN_PIXELS = b'{"pixels": [' + b",".join([b"[" + b",".join([b"0"] * 28) + b"]"] * 27) + b","
@@ -374,6 +616,12 @@ BAD_INPUTS = {
     "text-blank": ("/translate", {"text": ["a dog", "   "]}, 422, "blank"),
     "texts-empty": ("/translate", {"text": []}, 422, "at least 1 item"),
     "too-many-texts": ("/translate", {"text": ["a"] * 65}, 422, "at most 64"),
+    "text-and-document": ("/translate", {"text": "a", "document": "b"}, 422, "exactly one"),
+    "no-text": ("/translate", {"beam_size": 2}, 422, "exactly one"),
+    "document-blank": ("/translate", {"document": " \n "}, 422, "blank"),
+    "document-too-long": ("/translate", {"document": "a" * 100_001}, 422, "at most 100000"),
+    "text-too-many-wordpieces": ("/translate", {"text": "x " * 400}, 422, "the model takes"),
+    "alignment-string": ("/translate", {"text": "a", "alignment": "yes"}, 422, "valid boolean"),
     "text-too-long": ("/translate", {"text": "a" * 1001}, 422, "at most 1000"),
     "beam-too-big": ("/translate", {"text": "a", "beam_size": 17}, 422, "beam_size"),
     "beam-zero": ("/translate", {"text": "a", "beam_size": 0}, 422, "beam_size"),

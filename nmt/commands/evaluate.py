@@ -28,6 +28,7 @@ from nmt.commands.translate import (
     read_lines,
     set_threads,
     translate_lines,
+    translator_for,
     write_text_atomically,
 )
 from nmt.errors import UserError
@@ -133,16 +134,20 @@ def main(argv: list[str]) -> int:
     set_threads(args)
     test_set = load_test_set(args)
     source = load_model_source(args)
-    options = decoding_options(args, source.decoding)
+    options = decoding_options(args, source)
 
     import torch
 
     start = time.perf_counter()
     results = translate_lines(
-        source, test_set.sources, options, args.batch_size, progress=not args.no_progress
+        translator_for(source),
+        test_set.sources,
+        options,
+        args.batch_size,
+        progress=not args.no_progress,
     )
     seconds = time.perf_counter() - start
-    hypotheses = [source.wordpieces.decode(nbest[0].tokens) for nbest in results]
+    hypotheses = [translation.text for translation in results]
     scores = sacrebleu_scores(hypotheses, test_set.references, test_set.target_lang)
 
     hypothesis_path = args.out_dir / f"{test_set.name}.hyp"

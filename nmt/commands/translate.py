@@ -3,8 +3,10 @@
     nmt translate --checkpoint runs/x/checkpoints/last.ckpt --input test.en --output test.de
     echo "A man rides a bike." | nmt translate --checkpoint last.ckpt --beam-size 5
 
-One sentence a line in, one translation a line out (``--nbest N > 1``: one JSON line per
-sentence with its N best translations and their scores). Also home of what ``nmt evaluate``
+One sentence a line in, one translation a line out (``--nbest N > 1`` or ``--alignment``: one
+JSON line per sentence with its N best translations and scores, or its wordpieces and
+alignment). ``--document``: the input is one text, split into sentences and written back
+translated with its whitespace kept. Also home of what ``nmt evaluate``
 shares: where the model comes from, the decoding options, and reading text files.
 """
 
@@ -18,7 +20,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +29,12 @@ from nmt.errors import UserError
 if TYPE_CHECKING:
     from torch import nn
 
-    from nmt.decoding import DecodingOptions, Hypothesis
+    from nmt.decoding import DecodingOptions
+    from nmt.decoding.translator import SentenceTranslation, Translator
     from nmt.wordpieces import Wordpieces
 
 DEFAULT_BATCH_SIZE = 64  # sentences per beam search
+DEFAULT_LANGUAGE = "en"
 STDIN = "-"
 
 
@@ -110,18 +114,30 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
 
 
-def decoding_options(args: argparse.Namespace, defaults: DecodingOptions | None) -> DecodingOptions:
-    """The options given on the command line over ``defaults``; a beam holds at least nbest."""
-    from nmt.decoding import DecodingOptions
-
-    defaults = defaults or DecodingOptions()
-    given = {f.name: getattr(args, f.name, None) for f in fields(DecodingOptions)}
-    given = {name: value for name, value in given.items() if value is not None}
-    if "nbest" in given and "beam_size" not in given:
-        given["beam_size"] = max(defaults.beam_size, given["nbest"])
+def decoding_options(args: argparse.Namespace, source: ModelSource) -> DecodingOptions:
+    """The options given on the command line over the model's defaults, by the translator's
+    one rule (the server resolves a request's options the same way)."""
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    return replace(defaults, **given)
+    lengths = {
+        name: getattr(args, name, None)
+        for name in ("min_length", "max_length_ratio", "max_length_offset", "max_length")
+    }
+    return translator_for(source).options(
+        beam_size=args.beam_size,
+        alpha=args.alpha,
+        beta=args.beta,
+        nbest=args.nbest,
+        alignment=getattr(args, "alignment", False),
+        **lengths,
+    )
+
+
+def translator_for(source: ModelSource, language: str | None = None) -> Translator:
+    from nmt.decoding.translator import Translator, TranslatorConfig
+
+    config = TranslatorConfig() if language is None else TranslatorConfig(language=language)
+    return Translator(source.model, source.wordpieces, source.decoding, config)
 
 
 def set_threads(args: argparse.Namespace) -> None:
@@ -156,6 +172,24 @@ def read_lines(path: str | Path) -> list[str]:
     return lines
 
 
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (``.gz`` is unpacked; ``-`` is stdin), exactly as written."""
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    try:
+        data = sys.stdin.buffer.read() if str(path) == STDIN else Path(path).read_bytes()
+        if name.endswith(".gz"):
+            data = gzip.decompress(data)
+    except OSError as error:
+        raise UserError(f"{name}: cannot read ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"{name}:{line}: not UTF-8 ({error.reason} at byte {error.start})"
+        ) from None
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     try:
@@ -180,52 +214,51 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def translate_lines(
-    source: ModelSource,
+    translator: Translator,
     lines: Sequence[str],
     options: DecodingOptions,
     batch_size: int,
     progress: bool,
-) -> list[list[Hypothesis]]:
-    """Hypotheses for every line; blank lines get one empty translation without decoding."""
-    from nmt.decoding import Hypothesis, translate_texts
-    from nmt.text_checks import is_blank
-
-    texts = [line.strip() for line in lines]
-    wanted = [i for i, text in enumerate(texts) if not is_blank(text)]
+) -> list[SentenceTranslation]:
+    """A translation for every line; blank lines get an empty one without decoding."""
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(wanted), unit="sent", file=sys.stderr, dynamic_ncols=True)
+        total = sum(1 for line in lines if line.strip())
+        bar = tqdm(total=total, unit="sent", file=sys.stderr, dynamic_ncols=True)
     try:
-        found = translate_texts(
-            source.model,
-            source.wordpieces,
-            [texts[i] for i in wanted],
-            options,
-            batch_size,
-            progress=bar.update if bar is not None else None,
+        return translator.translate(
+            lines, options, batch_size, progress=bar.update if bar is not None else None
         )
     finally:
         if bar is not None:
             bar.close()
-    results = [[Hypothesis(tokens=[], score=0.0, log_prob=0.0)] for _ in texts]
-    for index, hypotheses in zip(wanted, found, strict=True):
-        results[index] = hypotheses
-    return results
 
 
-def format_translation(wordpieces: Wordpieces, hypotheses: list[Hypothesis], nbest: int) -> str:
-    """The best translation, or with ``nbest > 1`` a JSON line of all of them with scores."""
-    if nbest == 1:
-        return wordpieces.decode(hypotheses[0].tokens)
-    return json.dumps(
-        [
-            {"text": wordpieces.decode(h.tokens), "score": h.score, "log_prob": h.log_prob}
-            for h in hypotheses
-        ],
-        ensure_ascii=False,
-    )
+def translation_record(translation: SentenceTranslation, options: DecodingOptions) -> dict:
+    """One sentence's translation with the fields and names of the server's answer."""
+    record: dict = {
+        "text": translation.text,
+        "score": translation.score,
+        "log_prob": translation.log_prob,
+    }
+    if options.nbest > 1:
+        record["nbest"] = [
+            {"text": c.text, "score": c.score, "log_prob": c.log_prob} for c in translation.nbest
+        ]
+    if translation.alignment is not None:
+        record["source_tokens"] = translation.alignment.source_tokens
+        record["target_tokens"] = translation.alignment.target_tokens
+        record["alignment"] = [list(pair) for pair in translation.alignment.pairs]
+    return record
+
+
+def format_translation(translation: SentenceTranslation, options: DecodingOptions) -> str:
+    """The best translation; a JSON line with ``--nbest N > 1`` or ``--alignment``."""
+    if options.nbest == 1 and not options.return_attention:
+        return translation.text
+    return json.dumps(translation_record(translation, options), ensure_ascii=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", type=Path, help="translations (default stdout)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on files")
+    parser.add_argument(
+        "--document",
+        action="store_true",
+        help="the input is one document: split into sentences, translated, and written back "
+        "with its whitespace (blank lines, line breaks, spaces) kept exactly",
+    )
+    parser.add_argument(
+        "--language",
+        default=DEFAULT_LANGUAGE,
+        help=f"source language for --document's sentence splitter (default {DEFAULT_LANGUAGE})",
+    )
+    parser.add_argument(
+        "--alignment",
+        action="store_true",
+        help="JSON output with each sentence's wordpieces and source-target alignment "
+        "(argmax attention per target wordpiece)",
+    )
     add_decoding_arguments(parser)
     return parser
 
@@ -247,21 +297,27 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args)
     source = load_model_source(args)
-    options = decoding_options(args, source.decoding)
+    options = decoding_options(args, source)
+    translator = translator_for(source, args.language)
 
-    if args.input == STDIN and sys.stdin.isatty():  # typed by a person: answer line by line
+    if args.document:
+        document, translations = translator.translate_document(read_text(args.input), options)
+        if options.nbest > 1 or options.return_attention:
+            records = [translation_record(t, options) for t in translations]
+            text = json.dumps({"document": document, "translations": records}, ensure_ascii=False)
+            text += "\n"
+        else:
+            text = document
+    elif args.input == STDIN and sys.stdin.isatty():  # typed by a person: answer line by line
         for line in sys.stdin:
-            hypotheses = translate_lines(source, [line], options, args.batch_size, False)
-            print(format_translation(source.wordpieces, hypotheses[0], options.nbest), flush=True)
+            translation = translate_lines(translator, [line], options, args.batch_size, False)[0]
+            print(format_translation(translation, options), flush=True)
         return 0
-
-    lines = read_lines(args.input)
-    progress = args.input != STDIN and not args.no_progress
-    results = translate_lines(source, lines, options, args.batch_size, progress)
-    text = "".join(
-        format_translation(source.wordpieces, hypotheses, options.nbest) + "\n"
-        for hypotheses in results
-    )
+    else:
+        lines = read_lines(args.input)
+        progress = args.input != STDIN and not args.no_progress
+        results = translate_lines(translator, lines, options, args.batch_size, progress)
+        text = "".join(format_translation(t, options) + "\n" for t in results)
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -20,7 +20,7 @@ it stops on its own scores. So it gets the same output whenever it joins and who
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +121,23 @@ class LiveRows:
             state=reorder_state(self.state, rows),
             coverage=None if self.coverage is None else self.coverage.index_select(0, rows),
             attention=None if self.attention is None else self.attention.index_select(0, rows),
+        )
+
+    def take(self, rows: Tensor, sentence: Tensor) -> LiveRows:
+        """Only the hypotheses ``rows``, unchanged, renumbered to sentences ``sentence``."""
+
+        def pick(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor.index_select(0, rows)
+
+        return LiveRows(
+            sentence=sentence,
+            slot=self.slot.index_select(0, rows),
+            log_prob=self.log_prob.index_select(0, rows),
+            prev_token=self.prev_token.index_select(0, rows),
+            tokens=self.tokens.index_select(0, rows),
+            state=reorder_state(self.state, rows),
+            coverage=pick(self.coverage),
+            attention=pick(self.attention),
         )
 
     def cat(self, other: LiveRows) -> LiveRows:
@@ -224,6 +241,23 @@ class BeamSearch:
     def __len__(self) -> int:
         """Sentences in the search (added and not yet decided)."""
         return len(self.keys)
+
+    @property
+    def live_rows(self) -> int:
+        """Hypotheses the next step advances (what the step's memory and time grow with)."""
+        return 0 if self.live is None else int(self.live.sentence.numel())
+
+    def remove(self, keys: Collection[Hashable]) -> None:
+        """Take the sentences with these keys out at once (their rows leave before the next
+        step); the others go on exactly as if those had never been there."""
+        gone = set(keys)
+        if self.live is None or not gone.intersection(self.keys):
+            return
+        keep = torch.tensor([key not in gone for key in self.keys], device=self.device)
+        renumbered = keep.long().cumsum(0) - 1
+        rows = keep[self.live.sentence].nonzero().flatten()
+        self.live = self.live.take(rows, renumbered[self.live.sentence[rows]])
+        self._keep(keep.nonzero().flatten())
 
     @torch.no_grad()
     def add(self, keys: Sequence[Hashable], src_ids: Tensor, src_lengths: Tensor) -> None:

@@ -1,0 +1,227 @@
+"""The text-level translator (``nmt.decoding.translator``) against independent references.
+
+Closed batches equal the beam search run sentence by sentence; a document equals its sentences
+translated one by one, with its whitespace kept exactly; the open batch admits by cost, in
+order, and a removed request's rows leave at once; a failure stays with its request; the
+alignment of a hand-built model is the one worked out by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_beam_search import A, B, C, TableModel
+from test_bundle import TEST_DECODING, multi30k_lines, tiny_translation_model, train_wordpieces
+
+from nmt.decoding import translate_texts
+from nmt.decoding.translator import Translator, TranslatorConfig
+from nmt.errors import UserError
+from nmt.special_tokens import EOS_ID
+
+
+@pytest.fixture(scope="module")
+def wordpieces(shared_data):
+    return train_wordpieces(shared_data)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return tiny_translation_model()
+
+
+def sentences_ending_in_a_full_stop(shared_data, count: int) -> list[str]:
+    lines = multi30k_lines(shared_data, "test_2016_flickr", "en", 60)
+    return [line for line in lines if line.endswith(".")][:count]
+
+
+def run(translator: Translator) -> dict:
+    """Step until the translator is empty; the finished requests by key."""
+    finished = {}
+    while len(translator):
+        for item in translator.step():
+            finished[item.key] = item
+    return finished
+
+
+def test_closed_batches_equal_the_beam_search_sentence_by_sentence(model, wordpieces, shared_data):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 7)
+    translator = Translator(model, wordpieces, TEST_DECODING)
+    options = translator.options(nbest=2)
+    assert options.beam_size == TEST_DECODING.beam_size and options.nbest == 2
+    found = translator.translate([texts[0], "  ", *texts[1:]], options, batch_size=3)
+    assert found[1].text == "" and len(found) == len(texts) + 1
+    alone = [translate_texts(model, wordpieces, [t], options, batch_size=1)[0] for t in texts]
+    for translation, hypotheses in zip([found[0], *found[2:]], alone, strict=True):
+        assert [c.text for c in translation.nbest] == [
+            wordpieces.decode(h.tokens) for h in hypotheses
+        ]
+        assert [c.score for c in translation.nbest] == pytest.approx([h.score for h in hypotheses])
+        assert translation.text == translation.nbest[0].text
+
+
+def test_a_document_equals_its_sentences_one_by_one_whitespace_kept(model, wordpieces, shared_data):
+    sentences = sentences_ending_in_a_full_stop(shared_data, 7)
+    gaps = ["\n  ", " ", "  ", "\n", "\n\n\t", " ", "\r\n\r\n", "  \n\n"]
+    document = "".join(gap + s for gap, s in zip(gaps, sentences, strict=False)) + gaps[-1]
+    translator = Translator(model, wordpieces, TEST_DECODING)
+    assert translator.split(document).sentences == sentences
+    options = translator.options()
+    text, translations = translator.translate_document(document, options)
+    alone = [translator.translate([s], options, batch_size=1)[0].text for s in sentences]
+    assert [t.text for t in translations] == alone
+    expected = "".join(gap + t for gap, t in zip(gaps, alone, strict=False)) + gaps[-1]
+    assert text == expected
+
+
+def test_a_long_sentence_is_split_at_spaces_in_a_document_and_refused_as_a_text(model, wordpieces):
+    words = "a man and a woman walk with a big black dog along a long sandy beach".split()
+    long_sentence = " ".join(words * 2)  # no sentence end: one sentence to the splitter
+    config = TranslatorConfig(max_source_tokens=12)
+    translator = Translator(model, wordpieces, TEST_DECODING, config)
+    with pytest.raises(UserError, match="text 0: .* more than the 12 the model takes"):
+        translator.prepare(texts=[long_sentence])
+    document = translator.split(f" {long_sentence}\n")
+    assert len(document.sentences) > 2
+    assert all(len(wordpieces.encode(s)) + 1 <= 12 for s in document.sentences)
+    assert document.assemble(document.sentences) == f" {long_sentence}\n"
+    assert " ".join(document.sentences).split() == words * 2
+
+
+def test_cost_admission_keeps_the_limit_and_the_order(model, wordpieces, shared_data):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 9)
+    options = TEST_DECODING
+    sources = [wordpieces.encode(t) for t in texts]
+    largest = max(Translator.cost([ids], options) for ids in sources)
+    limit = 2 * largest  # room for two sentences at a time, at least
+    translator = Translator(model, wordpieces, options, TranslatorConfig(max_live_cost=limit))
+    for name, chunk in (("first", texts[:3]), ("second", texts[3:6]), ("third", texts[6:])):
+        translator.add(name, translator.prepare(texts=chunk), options)
+    order, most = [], 0
+    while len(translator):
+        for item in translator.step():
+            order.append(item.key)
+            alone = translator_alone(model, wordpieces, texts, item.key)
+            assert [t.text for t in item.translations] == alone
+        most = max(most, translator.stats()["live_cost"])
+        assert translator.stats()["live_cost"] <= limit
+    assert order == ["first", "second", "third"] and most > largest
+
+
+def translator_alone(model, wordpieces, texts, key) -> list[str]:
+    chunk = {"first": texts[:3], "second": texts[3:6], "third": texts[6:]}[key]
+    found = translate_texts(model, wordpieces, chunk, TEST_DECODING, batch_size=1)
+    return [wordpieces.decode(h[0].tokens) for h in found]
+
+
+def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, shared_data):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+    translator = Translator(model, wordpieces, TEST_DECODING)
+    translator.add("gone", translator.prepare(texts=texts[:4]), TEST_DECODING)
+    translator.add("kept", translator.prepare(texts=texts[4:]), TEST_DECODING)
+    translator.step()
+    before = translator.stats()
+    translator.remove("gone")
+    after = translator.stats()
+    assert after["requests"] == 1 and after["live_sentences"] == 2
+    assert 0 < after["live_rows"] < before["live_rows"]
+    assert after["live_cost"] == Translator.cost(
+        translator.prepare(texts=texts[4:]).sources, TEST_DECODING
+    )
+    finished = run(translator)
+    assert list(finished) == ["kept"]
+    alone = translate_texts(model, wordpieces, texts[4:], TEST_DECODING, batch_size=1)
+    assert [t.text for t in finished["kept"].translations] == [
+        wordpieces.decode(h[0].tokens) for h in alone
+    ]
+
+
+class FailingWordpieces:
+    """The real wordpieces, except that formatting one given output raises."""
+
+    def __init__(self, wordpieces, poison: list[int]) -> None:
+        self.wordpieces, self.poison = wordpieces, poison
+
+    def __getattr__(self, name):
+        return getattr(self.wordpieces, name)
+
+    def decode(self, ids):
+        if list(ids) == self.poison:
+            raise RuntimeError("damaged output")
+        return self.wordpieces.decode(ids)
+
+
+class FailingModel:
+    """The real model, except that the decoder step number ``fail_at`` raises."""
+
+    def __init__(self, model, fail_at: int) -> None:
+        self.model, self.fail_at, self.calls = model, fail_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def decode_step(self, *args):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("a damaged weight")
+        return self.model.decode_step(*args)
+
+
+def test_a_failure_stays_with_its_request(model, wordpieces, shared_data):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+    outputs = translate_texts(model, wordpieces, texts, TEST_DECODING, batch_size=6)
+    poison = outputs[2][0].tokens
+    assert all(h[0].tokens != poison for i, h in enumerate(outputs) if i != 2)
+    translator = Translator(model, FailingWordpieces(wordpieces, poison), TEST_DECODING)
+    for index, text in enumerate(texts):
+        translator.add(index, translator.prepare(texts=[text]), TEST_DECODING)
+    finished = run(translator)
+    assert "damaged output" in finished[2].error and finished[2].translations is None
+    for index in set(range(6)) - {2}:
+        assert finished[index].translations[0].text == wordpieces.decode(outputs[index][0].tokens)
+
+
+def test_a_failed_step_fails_its_requests_and_the_translator_goes_on(
+    model, wordpieces, shared_data
+):
+    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 3)
+    translator = Translator(FailingModel(model, fail_at=2), wordpieces, TEST_DECODING)
+    translator.add("a", translator.prepare(texts=texts[:2]), TEST_DECODING)
+    finished = run(translator)
+    assert "decoding failed: a damaged weight" in finished["a"].error
+    assert translator.stats()["live_rows"] == 0
+    translator.add("b", translator.prepare(texts=texts[2:]), TEST_DECODING)
+    expected = translate_texts(model, wordpieces, texts[2:], TEST_DECODING, batch_size=1)
+    assert run(translator)["b"].translations[0].text == wordpieces.decode(expected[0][0].tokens)
+
+
+class LetterPieces:
+    """Wordpieces of the table model: one letter a token."""
+
+    letters = {A: "a", B: "b", C: "c"}
+
+    def encode(self, text: str) -> list[int]:
+        ids = {letter: token for token, letter in self.letters.items()}
+        return [ids[letter] for letter in text.split()]
+
+    def decode(self, ids) -> str:
+        return " ".join(self.letters[int(i)] for i in ids if int(i) != EOS_ID)
+
+    def pieces(self, ids) -> list[str]:
+        return [self.letters[int(i)] for i in ids]
+
+
+def test_alignment_is_the_argmax_attention_per_target_token_by_hand():
+    """Source "a b" (+ EOS); the model writes "c a" with these attentions per step:
+    step 1 (writes c): a 0.1, b 0.3, EOS 0.6 -> EOS left out, so c aligns to b (1);
+    step 2 (writes a): a 0.7, b 0.2, EOS 0.1 -> a (0); step 3 (EOS) is not a target token."""
+    probs = {(): {C: 1.0}, (C,): {A: 1.0}, (C, A): {EOS_ID: 1.0}}
+    attention = {(): [0.1, 0.3, 0.6], (C,): [0.7, 0.2, 0.1], (C, A): [0.2, 0.2, 0.6]}
+    translator = Translator(TableModel(probs, attention), LetterPieces())
+    options = translator.options(beam_size=2, alignment=True)
+    [translation] = translator.translate(["a b"], options, batch_size=1)
+    assert translation.text == "c a"
+    assert translation.alignment.source_tokens == ["a", "b"]
+    assert translation.alignment.target_tokens == ["c", "a"]
+    assert translation.alignment.pairs == [(1, 0), (0, 1)]
+    assert translator.translate(["a b"], translator.options(), 1)[0].alignment is None
