@@ -60,6 +60,20 @@ def untrained_model(vocab_size: int):
     return TranslationModel(TranslationConfig.from_dict(architecture)).eval()
 
 
+def profile_beam5(model, sources, base: DecodingOptions, paths: list[str]) -> None:
+    """Where a beam-5 decode at batch 1 spends its time, for each step path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    options = replace(base, beam_size=5)
+    for path in paths:
+        use_path(model, path)
+        translate_ids(model, sources[:1], options, batch_size=1)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            translate_ids(model, sources, options, batch_size=1)
+        print(f"\n{path}: beam 5, batch 1, {len(sources)} sentences")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a trained translation checkpoint")
@@ -72,6 +86,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["fused"])
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument(
+        "--profile", action="store_true", help="top operators of beam 5, batch 1, per path"
+    )
     args = parser.parse_args()
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
@@ -98,6 +115,9 @@ def main() -> None:
         f"{args.split}; {args.threads} thread(s); {args.clock} clock; torch {torch.__version__}"
     )
 
+    if args.profile:
+        profile_beam5(model, sources[: args.batch1_sentences], base, args.paths)
+        return
     runs = [(path, setting) for setting in SETTINGS for path in args.paths]
     seconds: dict[tuple[str, tuple[int, int]], list[float]] = {run: [] for run in runs}
     counts, lengths = {}, {}
