@@ -16,6 +16,7 @@ after the backward loop.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -67,6 +68,36 @@ class _StepCache(NamedTuple):
     main: object  # PointwiseCache of the main cell
 
 
+class Int8Weights(NamedTuple):
+    """fbgemm-prepacked int8 weights of a step's two large products (see quantize_int8_)."""
+
+    input: object  # [W_x; hyper cell's W for x_t]
+    recurrent: object  # [hyper cell's W for h_{t-1}; W_h]
+
+
+INT8_MAX = 127  # symmetric int8 range of the weights
+REDUCE_RANGE = True  # fbgemm without VNNI saturates with 8-bit activations
+
+
+def pack_int8(weight: Tensor) -> object:
+    """Per-row symmetric int8 quantisation of a float weight, prepacked for fbgemm."""
+    weight = weight.detach().float().contiguous()
+    scales = weight.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / INT8_MAX
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # quantised tensor creation is deprecated in favour of torchao (not a dependency); the
+        # fbgemm kernels it feeds are the ones torch's dynamic quantisation uses.
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+def linear_int8(x: Tensor, packed: object) -> Tensor:
+    """x @ W.T with the prepacked int8 W (x quantised per call; reduce_range as fbgemm needs)."""
+    out = torch.ops.quantized.linear_dynamic(x.float(), packed, REDUCE_RANGE)
+    return out.to(x.dtype)
+
+
 def hyper_step(
     x_main: Tensor,
     x_hyper: Tensor,
@@ -75,12 +106,14 @@ def hyper_step(
     g_mask: Tensor | None,
     hyper_g_mask: Tensor | None,
     math: GateMath | None = None,
+    products: Tensor | None = None,
 ) -> tuple[State, _StepCache]:
-    """One step. x_main = W_x x_t as (4, B, H); x_hyper = hyper cell's x_t part, (B, 4N_hyper)."""
+    """One step. x_main = W_x x_t as (4, B, H); x_hyper = hyper cell's x_t part, (B, 4N_hyper);
+    ``products`` = h_{t-1} @ w.recurrent.T when the caller computed it (int8 decoding)."""
     h, c, hyper_h, hyper_c = state
     batch, hidden = h.shape
     hyper_units = hyper_h.shape[-1]
-    products = h @ w.recurrent.t()
+    products = h @ w.recurrent.t() if products is None else products
     split = NUM_GATES * hyper_units
     h_part = products[:, split:].view(batch, NUM_GATES, hidden).transpose(0, 1)
     hyper_pre = torch.addmm(products[:, :split] + x_hyper, hyper_h, w.hyper_recurrent.t())
@@ -247,13 +280,14 @@ def fused_step(
     w: HyperWeights,
     g_mask: Tensor | None,
     hyper_g_mask: Tensor | None,
+    products: Tensor | None = None,
 ) -> tuple[State, _FusedCache]:
     """``hyper_step`` with each cell's element-wise work in one fused kernel
     (``torch.ops.hypernmt``); the matrix products are the same BLAS calls."""
     h, c, hyper_h, hyper_c = state
     batch, hidden = h.shape
     hyper_units = hyper_h.shape[-1]
-    products = h @ w.recurrent.t()
+    products = h @ w.recurrent.t() if products is None else products
     split = NUM_GATES * hyper_units
     h_part = products[:, split:].view(batch, NUM_GATES, hidden).transpose(0, 1)
     hyper_pre = torch.addmm(products[:, :split] + x_hyper, hyper_h, w.hyper_recurrent.t())
@@ -440,6 +474,9 @@ class HyperLSTMCell(nn.Module):
         self.fused = fused  # the fused C++ kernels where they apply (see uses_fused_kernels)
         # (parameter versions, weights) built for decoding steps; see _step_weights
         self._cached_step_weights: tuple[tuple, tuple[Tensor, HyperWeights]] | None = None
+        # int8 products for inference (see quantize_int8_); (parameter versions, packed weights)
+        self.int8 = False
+        self._cached_int8: tuple[tuple, Int8Weights] | None = None
         gates, n_z = NUM_GATES * hidden_size, embedding_size
         self.hyper = LayerNormLSTMCell(
             hidden_size + input_size, hyper_size, forget_bias, recurrent_dropout
@@ -531,6 +568,9 @@ class HyperLSTMCell(nn.Module):
         return False
 
     def forward(self, inputs: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        int8 = self._int8_weights()
+        if int8 is not None:
+            return self._forward_int8(inputs, lengths, state, int8)
         batch, steps = inputs.shape[:2]
         projected = F.linear(inputs.transpose(0, 1), self._input_weight())
         g_mask, hyper_g_mask = self._masks((steps, batch), inputs)
@@ -555,21 +595,75 @@ class HyperLSTMCell(nn.Module):
         """
         if torch.is_grad_enabled():
             return self._input_weight(), _weights(*self._parameters_for_recurrence())
-        versions = tuple((id(p), p._version) for p in self.parameters())
+        versions = self._parameter_versions()
         if self._cached_step_weights is None or self._cached_step_weights[0] != versions:
             weights = (self._input_weight(), _weights(*self._parameters_for_recurrence()))
             self._cached_step_weights = (versions, weights)
         return self._cached_step_weights[1]
 
+    def _parameter_versions(self) -> tuple:
+        return tuple((id(p), p._version) for p in self.parameters())
+
+    def quantize_int8_(self) -> HyperLSTMCell:
+        """Serve with int8 weights for the two large products of every step: the input
+        projection [W_x; hyper W for x_t] and the recurrent product [hyper W for h; W_h]
+        (fbgemm's dynamically quantised linear on prepacked per-row int8 weights; inputs are
+        quantised per call). Applies without autograd only; training stays float."""
+        self.int8 = True
+        self._cached_int8 = None
+        return self
+
+    def _int8_weights(self) -> Int8Weights | None:
+        """The prepacked int8 weights, rebuilt when a parameter changed; None when int8 is off,
+        under autograd, or off the CPU."""
+        if not self.int8 or torch.is_grad_enabled() or self.input_weight.device.type != "cpu":
+            return None
+        versions = self._parameter_versions()
+        if self._cached_int8 is None or self._cached_int8[0] != versions:
+            input_weight, weights = self._step_weights()
+            packed = Int8Weights(pack_int8(input_weight), pack_int8(weights.recurrent))
+            self._cached_int8 = (versions, packed)
+        return self._cached_int8[1]
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         batch, split = x.shape[0], NUM_GATES * self.hidden_size
         input_weight, weights = self._step_weights()
-        projected = F.linear(x, input_weight)
+        int8 = self._int8_weights()
+        if int8 is None:
+            projected, products = F.linear(x, input_weight), None
+        else:
+            projected = linear_int8(x, int8.input)
+            products = linear_int8(state[0], int8.recurrent)
         x_main = projected[:, :split].view(batch, NUM_GATES, self.hidden_size).transpose(0, 1)
         g_mask, hyper_g_mask = self._masks((batch,), x)
         step = fused_step if self.uses_fused_kernels(x) else hyper_step
-        state, _ = step(x_main, projected[:, split:], state, weights, g_mask, hyper_g_mask)
+        state, _ = step(
+            x_main, projected[:, split:], state, weights, g_mask, hyper_g_mask, products=products
+        )
         return state[0], state
+
+    def _forward_int8(
+        self, inputs: Tensor, lengths: Tensor | None, state: State, int8: Int8Weights
+    ) -> tuple[Tensor, State]:
+        """The sequence without autograd, one step at a time with the int8 products."""
+        batch, steps = inputs.shape[:2]
+        split = NUM_GATES * self.hidden_size
+        _, weights = self._step_weights()
+        projected = linear_int8(inputs.reshape(batch * steps, -1), int8.input)
+        projected = projected.view(batch, steps, -1)
+        step = fused_step if self.uses_fused_kernels(inputs) else hyper_step
+        history = []
+        for t in range(steps):
+            x_main = projected[:, t, :split].view(batch, NUM_GATES, -1).transpose(0, 1)
+            products = linear_int8(state[0], int8.recurrent)
+            state, _ = step(
+                x_main, projected[:, t, split:], state, weights, None, None, products=products
+            )
+            history.append(state)
+        ends = SequenceEnds(lengths, steps, batch, inputs.device)
+        outputs = torch.stack([s[0] for s in history])
+        final = tuple(ends.gather(torch.stack([s[k] for s in history])) for k in range(4))
+        return batch_first_outputs(outputs, lengths), final
 
     @torch.no_grad()
     def weight_scalings(self, inputs: Tensor, state: State | None = None) -> dict[str, Tensor]:
