@@ -11,7 +11,10 @@ Per step, gates y in (i, f, o, g) (gate-major tensors, see nmt/modules/lstm.py):
 projection, W_x x_t and the hyper cell's x_t part are one matrix product over all steps before
 the recurrence. The recurrence runs in ``_HyperLSTMSequence``, an autograd function whose
 backward keeps every step's gradients and forms all weight gradients as a few large products
-after the backward loop.
+after the backward loop. On the CPU, ``_FusedHyperLSTMSequence`` and ``fused_step`` do each
+cell's element-wise work of a step in one C++ kernel (``nmt.kernels``); the eager functions
+stay the reference and the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the
+two large products of every step on int8 weights.
 """
 
 from __future__ import annotations
