@@ -14,6 +14,12 @@ configs/multi30k_hyperlstm.yaml decodes exactly ``--fixed-length`` wordpieces pe
     nmt prep translation --corpus multi30k --src en --tgt de --out data/multi30k.en-de
     python benchmarks/beam_speed.py --checkpoint runs/multi30k_hyperlstm/checkpoints/last.ckpt
     python benchmarks/beam_speed.py            # untrained model of the Multi30k config size
+    python benchmarks/beam_speed.py --paths fused eager   # the HyperLSTM's two step paths
+
+With ``--paths fused eager`` every setting runs with the fused C++ step kernels and with the
+eager PyTorch step, alternating within each round, and the table adds the eager/fused time
+ratio per setting. ``--clock cpu`` times the process's CPU time instead of wall time, which
+leaves out the waits for a core on a machine shared with other jobs.
 """
 
 from __future__ import annotations
@@ -27,10 +33,20 @@ from pathlib import Path
 import torch
 
 from nmt.decoding import DecodingOptions, translate_ids
+from nmt.modules.hyperlstm import HyperLSTMCell
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "multi30k_hyperlstm.yaml"
 SETTINGS = [(1, 1), (5, 1), (1, 64), (5, 64)]  # (beam size, batch size)
+PATHS = ("fused", "eager")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def use_path(model: torch.nn.Module, path: str) -> None:
+    """Switch every HyperLSTM cell between the fused kernels and the eager step."""
+    for module in model.modules():
+        if isinstance(module, HyperLSTMCell):
+            module.fused = path == "fused"
 
 
 def untrained_model(vocab_size: int):
@@ -44,6 +60,20 @@ def untrained_model(vocab_size: int):
     return TranslationModel(TranslationConfig.from_dict(architecture)).eval()
 
 
+def profile_beam5(model, sources, base: DecodingOptions, paths: list[str]) -> None:
+    """Where a beam-5 decode at batch 1 spends its time, for each step path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    options = replace(base, beam_size=5)
+    for path in paths:
+        use_path(model, path)
+        translate_ids(model, sources[:1], options, batch_size=1)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            translate_ids(model, sources, options, batch_size=1)
+        print(f"\n{path}: beam 5, batch 1, {len(sources)} sentences")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a trained translation checkpoint")
@@ -54,7 +84,13 @@ def main() -> None:
     parser.add_argument("--fixed-length", type=int, default=20, help="untrained model only")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=["fused"])
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument(
+        "--profile", action="store_true", help="top operators of beam 5, batch 1, per path"
+    )
     args = parser.parse_args()
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
 
     from nmt.corpus import PreparedCorpus
@@ -76,34 +112,49 @@ def main() -> None:
     parameters = sum(p.numel() for p in model.parameters())
     print(
         f"{what}; {parameters / 1e6:.1f}M parameters; {len(sources)} sentences of "
-        f"{args.split}; {args.threads} thread(s); torch {torch.__version__}"
+        f"{args.split}; {args.threads} thread(s); {args.clock} clock; torch {torch.__version__}"
     )
 
-    seconds: dict[tuple[int, int], list[float]] = {setting: [] for setting in SETTINGS}
+    if args.profile:
+        profile_beam5(model, sources[: args.batch1_sentences], base, args.paths)
+        return
+    runs = [(path, setting) for setting in SETTINGS for path in args.paths]
+    seconds: dict[tuple[str, tuple[int, int]], list[float]] = {run: [] for run in runs}
     counts, lengths = {}, {}
     for _ in range(args.rounds):
-        for beam, batch in SETTINGS:
+        for path, (beam, batch) in runs:
+            use_path(model, path)
             chosen = sources[: args.batch1_sentences] if batch == 1 else sources
             options = replace(base, beam_size=beam)
-            start = time.perf_counter()
+            start = clock()
             found = translate_ids(model, chosen, options, batch_size=batch)
-            seconds[(beam, batch)].append(time.perf_counter() - start)
+            seconds[(path, (beam, batch))].append(clock() - start)
             counts[(beam, batch)] = len(chosen)
-            lengths[(beam, batch)] = statistics.mean(len(h[0].tokens) for h in found)
+            lengths[(path, (beam, batch))] = statistics.mean(len(h[0].tokens) for h in found)
 
-    print(f"{'beam':>4} {'batch':>5} {'sentences':>9} {'out len':>7} {'seconds':>8} {'sent/s':>8}")
-    for setting in SETTINGS:
-        median = statistics.median(seconds[setting])
-        print(
-            f"{setting[0]:>4} {setting[1]:>5} {counts[setting]:>9} {lengths[setting]:>7.1f} "
-            f"{median:>8.2f} {counts[setting] / median:>8.1f}"
+    compare = len(args.paths) > 1
+    print(
+        f"{'path':>5} {'beam':>4} {'batch':>5} {'sentences':>9} {'out len':>7} {'seconds':>8} "
+        f"{'sent/s':>8}" + (f" {'x ' + args.paths[-1]:>8}" if compare else "")
+    )
+    for path, setting in runs:
+        median = statistics.median(seconds[(path, setting)])
+        line = (
+            f"{path:>5} {setting[0]:>4} {setting[1]:>5} {counts[setting]:>9} "
+            f"{lengths[(path, setting)]:>7.1f} {median:>8.2f} {counts[setting] / median:>8.1f}"
         )
-    for batch in (1, 64):
-        ratio = statistics.median(seconds[(5, batch)]) / statistics.median(seconds[(1, batch)])
-        print(
-            f"beam 5 / greedy time at batch {batch}: {ratio:.2f}x"
-            + ("  (target <= 2.5x)" if batch == 64 else "")
-        )
+        if compare:
+            other = statistics.median(seconds[(args.paths[-1], setting)])
+            line += f" {other / median:>8.2f}"
+        print(line)
+    for path in args.paths:
+        for batch in (1, 64):
+            beam5 = statistics.median(seconds[(path, (5, batch))])
+            ratio = beam5 / statistics.median(seconds[(path, (1, batch))])
+            print(
+                f"{path}: beam 5 / greedy time at batch {batch}: {ratio:.2f}x"
+                + ("  (target <= 2.5x)" if batch == 64 else "")
+            )
 
 
 if __name__ == "__main__":

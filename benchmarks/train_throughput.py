@@ -7,6 +7,7 @@ a run of steps end to end (data loading, forward, backward, clipping, Adam).
 
     nmt prep translation --corpus multi30k --src en --tgt de --out data/multi30k.en-de
     python benchmarks/train_throughput.py [--steps 30] [--warmup 3] [--rounds 2] [--threads 1]
+        [--eager]   # also the HyperLSTM config on the eager step path (fused/eager ratio)
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ CONFIGS = {
     "hyperlstm": REPO / "configs" / "multi30k_hyperlstm.yaml",
     "lstm": REPO / "configs" / "multi30k_lstm.yaml",
 }
+# the HyperLSTM config again with the eager step path instead of the fused kernels (--eager)
+EAGER = "hyper-eager"
+EAGER_OVERRIDE = ["--model.architecture.recurrent.fused_kernels", "false"]
 
 
 def _throughput_callback(warmup: int):
@@ -57,7 +61,9 @@ def _throughput_callback(warmup: int):
     return TargetTokensPerSecond()
 
 
-def measure(config: Path, steps: int, warmup: int) -> tuple[float, int]:
+def measure(
+    config: Path, steps: int, warmup: int, overrides: list[str] | None = None
+) -> tuple[float, int]:
     """Target tokens/s of ``steps`` timed training steps, and the model's parameter count."""
     from lightning.pytorch import LightningDataModule, LightningModule
 
@@ -82,6 +88,7 @@ def measure(config: Path, steps: int, warmup: int) -> tuple[float, int]:
                 "--checkpoint.dirpath", f"{scratch}/checkpoints",
                 "--checkpoint.monitor", "train/loss",
                 "--checkpoint.mode", "min",
+                *(overrides or []),
             ],
         )  # fmt: skip
         callback = _throughput_callback(warmup)
@@ -97,28 +104,35 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (configs: 1)")
+    parser.add_argument(
+        "--eager", action="store_true", help="also the HyperLSTM config on the eager step path"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # LightningCLI is given its arguments here, not this script's command line.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 
-    rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    configs = dict(CONFIGS, **({EAGER: CONFIGS["hyperlstm"]} if args.eager else {}))
+    rates: dict[str, list[float]] = {name: [] for name in configs}
     parameters: dict[str, int] = {}
     for round_index in range(args.rounds):
-        order = list(CONFIGS) if round_index % 2 == 0 else list(reversed(CONFIGS))
+        order = list(configs) if round_index % 2 == 0 else list(reversed(configs))
         for name in order:
-            rate, parameters[name] = measure(CONFIGS[name], args.steps, args.warmup)
+            overrides = EAGER_OVERRIDE if name == EAGER else None
+            rate, parameters[name] = measure(configs[name], args.steps, args.warmup, overrides)
             rates[name].append(rate)
             print(f"round {round_index + 1} {name:>9}: {rate:8.1f} target tokens/s", flush=True)
 
     print(f"\n{args.steps} timed steps x {args.rounds} rounds, {args.threads} thread(s)")
     median = {name: statistics.median(values) for name, values in rates.items()}
-    for name, config in CONFIGS.items():
+    for name, config in configs.items():
         print(
             f"{name:>9}: {median[name]:8.1f} target tokens/s (median), "
             f"{parameters[name] / 1e6:.2f}M parameters  [{config.relative_to(REPO)}]"
         )
     print(f"ratio hyperlstm/lstm throughput: {median['hyperlstm'] / median['lstm']:.2f}")
+    if args.eager:
+        print(f"ratio hyperlstm fused/eager throughput: {median['hyperlstm'] / median[EAGER]:.2f}")
 
 
 if __name__ == "__main__":

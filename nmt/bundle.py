@@ -395,10 +395,17 @@ def _linear_names(model: nn.Module) -> list[str]:
 
 
 def _quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations float)."""
+    """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations float), and
+    int8 per-step products in every HyperLSTM cell (its recurrent and input weights, packed
+    from the float parameters when first used, so they are not stored in the bundle)."""
     import torch
     from torch.ao.quantization import quantize_dynamic
 
+    from nmt.modules.hyperlstm import HyperLSTMCell
+
+    for module in model.modules():
+        if isinstance(module, HyperLSTMCell):
+            module.quantize_int8_()
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of torchao (not a dependency); the
         # dynamic int8 kernels it uses are still the ones torch ships.

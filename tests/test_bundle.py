@@ -251,7 +251,8 @@ def test_int8_bundle_stores_int8_linears_and_stays_close(tmp_path, wordpieces, s
         exported = torch.log_softmax(at_export(src_ids, lengths, tgt_in), -1)
         loaded = torch.log_softmax(at_load(src_ids, lengths, tgt_in), -1)
     assert torch.equal(exported, loaded)  # quantised at export == quantised at load
-    assert (exported - reference).abs().max() < 0.05
+    # int8 linears and int8 HyperLSTM step products (7-bit activations in fbgemm)
+    assert (exported - reference).abs().max() < 0.2
     assert not torch.equal(exported, reference)
 
 

@@ -7,11 +7,14 @@ float64 torch operations; it reads the cell's parameters but none of its helpers
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import pytest
 import torch
 from torch import nn
 
+from nmt import kernels
 from nmt.modules import lstm as lstm_module
 from nmt.modules.hyperlstm import HyperLSTMCell
 from nmt.modules.lstm import LayerNormLSTMCell
@@ -120,17 +123,25 @@ def assert_same_values_and_grads(cell, run_a, run_b, inputs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize(
     "batch,steps,inputs,hidden,hyper,n_z", [(3, 5, 4, 6, 5, 2), (2, 4, 7, 8, 4, 3)]
 )
-def test_hyperlstm_matches_paper_reference(layer_norm, batch, steps, inputs, hidden, hyper, n_z):
+def test_hyperlstm_matches_paper_reference(
+    layer_norm, batch, steps, inputs, hidden, hyper, n_z, fused
+):
+    """Both paths: the fused C++ kernels (where a compiler exists) and the eager reference."""
+    if fused and shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the fused kernels cannot build here")
     torch.manual_seed(0)
-    cell = HyperLSTMCell(inputs, hidden, hyper, n_z, layer_norm=layer_norm, forget_bias=0.7)
-    cell = cell.double()
+    cell = HyperLSTMCell(
+        inputs, hidden, hyper, n_z, layer_norm=layer_norm, forget_bias=0.7, fused=fused
+    ).double()
     perturb_(cell)
     state = random_state(cell, batch)
     x = torch.randn(batch, steps, inputs, dtype=torch.float64)
+    assert cell.uses_fused_kernels(x) == fused, kernels.unavailable_reason()
     assert_same_values_and_grads(
         cell, lambda x: cell(x, None, state), lambda x: reference_hyperlstm(cell, x, state), x
     )

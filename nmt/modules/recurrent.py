@@ -42,6 +42,7 @@ class RecurrentConfig:
     recurrent_dropout: float = 0.0  # dropout on the candidate g (and the hyper cell's g)
     forget_bias: float = 1.0  # added to the forget gate pre-activation
     compile: bool = False  # fuse the per-step gate arithmetic with torch.compile (slow first call)
+    fused_kernels: bool = True  # HyperLSTM: fused C++ CPU step kernels (eager path if off/unbuilt)
 
     def __post_init__(self) -> None:
         if self.cell not in CELL_TYPES:
@@ -66,7 +67,7 @@ def make_cell(input_size: int, config: RecurrentConfig) -> nn.Module:
         return LayerNormLSTMCell(input_size, config.hidden_size, **common)
     return HyperLSTMCell(
         input_size, config.hidden_size, config.hyper_size, config.embedding_size,
-        layer_norm=config.cell == "ln_hyperlstm", **common,
+        layer_norm=config.cell == "ln_hyperlstm", fused=config.fused_kernels, **common,
     )  # fmt: skip
 
 
