@@ -23,9 +23,10 @@ from nmt.bundle import CONFIG, DECODING, VOCABULARY, read_manifest
 from nmt.errors import UserError
 from serve import schemas
 from serve.bundle_api import BundleAPI
-from serve.char_lm import CharText, LMGenerateAPI, LMScoreAPI
+from serve.char_lm import CharText, LMGenerateAPI, LMScalingsAPI, LMScoreAPI
 from serve.classify import ClassifyAPI
 from serve.translate import TranslateAPI
+from serve.web import add_web_page
 
 MAX_REPORTED_ERRORS = 10  # a 784-pixel image of NaNs gets a short answer, not 784 lines
 
@@ -83,7 +84,11 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     if options.lm:
         # one text at a time: a request with an unknown character is refused by its worker,
         # which in a batch would refuse its neighbours too
-        lm_apis = [LMScoreAPI(options.lm, **common), LMGenerateAPI(options.lm, **common)]
+        lm_apis = [
+            LMScoreAPI(options.lm, **common),
+            LMGenerateAPI(options.lm, **common),
+            LMScalingsAPI(options.lm, **common),
+        ]
         serve("char_lm", options.lm, "--lm", *lm_apis)
         CharText(models["char_lm"]["vocabulary"], where=str(Path(options.lm) / VOCABULARY))
     if not apis:
@@ -116,6 +121,7 @@ def build_server(options: ServeOptions) -> ls.LitServer:
 
     server.app.add_api_route("/models", list_models, methods=["GET"])
     server.app.add_api_route("/stats", batch_stats, methods=["GET"])
+    add_web_page(server.app)
     return server
 
 

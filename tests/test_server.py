@@ -164,7 +164,11 @@ def test_health_models_and_openapi(server):
         "max_batch_size": MAX_BATCH_SIZE,
         "batch_timeout": BATCH_TIMEOUT,
     }
-    assert set(models["models"]["char_lm"]["endpoints"]) == {"/lm/score", "/lm/generate"}
+    assert set(models["models"]["char_lm"]["endpoints"]) == {
+        "/lm/score",
+        "/lm/generate",
+        "/lm/scalings",
+    }
     assert models["limits"]["max_beam_size"] >= 1
 
     schema = server.get("/openapi.json").json()
