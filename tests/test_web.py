@@ -396,3 +396,36 @@ def test_a_missing_model_is_said_and_the_page_fits_a_phone(browser, bundles, tmp
         context.close()
     finally:
         stop_server(alone)
+
+
+@pytest.mark.browser
+def test_the_whole_page_in_use(page, shared_data, tmp_path):
+    """Every panel answered at once (docs/web-page.png is this test's page.png)."""
+    page.fill("#translate-text", short_pairs(shared_data)[0][0])
+    page.fill("#translate-nbest", "2")
+    page.click("#translate button[type=submit]")
+    box = page.locator("#digit-canvas").bounding_box()
+    corners = [(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)]  # a "7"
+    page.mouse.move(
+        box["x"] + corners[0][0] * box["width"], box["y"] + corners[0][1] * box["height"]
+    )
+    page.mouse.down()
+    for fx, fy in corners[1:]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=8)
+    page.mouse.up()
+    page.fill("#lm-prefix", "the company said")
+    page.fill("#lm-seed", "1")
+    page.click("#lm button[type=submit]")
+    for selector in (
+        "#translate-out li",
+        "#digit-bars li",
+        "#lm-out .added",
+        "#scalings-canvas[data-columns]",
+    ):
+        page.locator(selector).first.wait_for(timeout=ANSWER_MS)
+    for panel in ("translate", "digit", "lm"):
+        assert page.locator(f"#{panel} .status").inner_text() == "", panel
+    page.screenshot(path=tmp_path / "page-full.png", full_page=True)
+    panels_end = page.locator("#models").bounding_box()["y"]  # the panels, without the listing
+    clip = {"x": 0, "y": 0, "width": DESKTOP["width"], "height": panels_end}
+    page.screenshot(path=tmp_path / "page.png", clip=clip, full_page=True)

@@ -173,13 +173,23 @@ function applyLimits() {
   countTranslateText();
 }
 
+function readable(value) {
+  if (value === null || value === undefined) return "none";
+  if (Array.isArray(value)) return value.map(readable).join(", ");
+  if (typeof value === "object") {
+    const parts = Object.entries(value).map(([name, inner]) => `${name} ${readable(inner)}`);
+    return parts.length ? parts.join(", ") : "none";
+  }
+  return String(value);
+}
+
 function definitionList(entries) {
   const list = document.createElement("dl");
   for (const [name, value] of entries) {
     const term = document.createElement("dt");
     term.textContent = name;
     const definition = document.createElement("dd");
-    definition.textContent = typeof value === "object" ? JSON.stringify(value) : String(value);
+    definition.textContent = readable(value);
     list.append(term, definition);
   }
   return list;
@@ -649,6 +659,7 @@ function colour(v) {
 
 function drawScalings(answer) {
   const canvas = byId("scalings-canvas");
+  byId("scalings").hidden = false; // shown first: a hidden figure has no width to fit
   const characters = answer.characters;
   const units = answer.d_h[0].length;
   const labelWidth = 44;
@@ -697,7 +708,6 @@ function drawScalings(answer) {
   canvas.setAttribute("aria-label",
     `Heat map of ${blocks.length * units} weight scalings (layer ${answer.layer}, ${units} of `
     + `${answer.hidden_size} units per gate) over the ${characters.length} characters of the text`);
-  byId("scalings").hidden = false;
 }
 
 // ------------------------------------------------------------------------ start
