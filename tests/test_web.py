@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
 TRAIN_STEPS = 40  # a few seconds per tiny model on one busy core
 LEARNING_RATE = 0.01
 BATCH = 32
+CLASSIFIER_STEPS = 150  # the small ConvNet takes a few milliseconds a step
 TRANSLATION_PAIRS = 1  # a short Multi30k training pair, learnt by heart
 SHORT_CHARS = 24
 CORPUS_LINES = 5000  # where the short pairs are looked for
@@ -72,8 +73,9 @@ def fit(
 def trained_classifier(shared_data: Path) -> torch.nn.Module:
     from data_prep.mnist import read_idx
 
-    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")[: TRAIN_STEPS * BATCH]
-    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz")[: TRAIN_STEPS * BATCH]
+    count = CLASSIFIER_STEPS * BATCH
+    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")[:count]
+    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz")[:count]
     images = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255
     labels = torch.tensor(labels, dtype=torch.long)
     model = tiny_classifier()
@@ -82,7 +84,7 @@ def trained_classifier(shared_data: Path) -> torch.nn.Module:
         part = slice(step * BATCH, (step + 1) * BATCH)
         return torch.nn.functional.cross_entropy(model(images[part]), labels[part])
 
-    return fit(model, loss)
+    return fit(model, loss, CLASSIFIER_STEPS)
 
 
 def trained_char_lm(shared_data: Path) -> tuple[torch.nn.Module, list[str]]:
@@ -429,3 +431,80 @@ def test_the_whole_page_in_use(page, shared_data, tmp_path):
     panels_end = page.locator("#models").bounding_box()["y"]  # the panels, without the listing
     clip = {"x": 0, "y": 0, "width": DESKTOP["width"], "height": panels_end}
     page.screenshot(path=tmp_path / "page.png", clip=clip, full_page=True)
+
+
+def with_document_and_alignment(schema: dict) -> dict:
+    """The OpenAPI schema, as a server whose /translate takes documents and alignments gives."""
+    post = schema["paths"]["/translate"]["post"]
+    name = post["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    properties = schema["components"]["schemas"][name]["properties"]
+    properties["document"] = {"type": "string"}
+    properties["alignment"] = {"type": "boolean"}
+    return schema
+
+
+@pytest.mark.browser
+def test_documents_and_alignments_light_up_when_the_server_has_them(page, server):
+    """The page against the extended /translate contract (answers stood in for here): the
+    document's translation is shown, and the alignment grid follows the sentence under the
+    cursor."""
+    import json
+
+    assert page.locator("#translate-alignment").is_disabled()  # today's server: no alignments
+    schema = with_document_and_alignment(server.get("/openapi.json").json())
+    page.route("**/openapi.json", lambda route: route.fulfill(json=schema))
+    page.reload()
+    page.wait_for_selector("#models-out h3")
+    page.wait_for_selector("#translate-alignment:enabled")
+    translations = [
+        {
+            "text": "Ein Hund.",
+            "source_tokens": ["A", "dog", "."],
+            "target_tokens": ["Ein", "Hund", "."],
+            "alignment": [[0, 0], [1, 1], [2, 2]],
+        },
+        {
+            "text": "Zwei Katzen schlafen.",
+            "source_tokens": ["Two", "cats", "sleep", "."],
+            "target_tokens": ["Zwei", "Katzen", "schlafen", "."],
+            "alignment": [[0, 0], [1, 1], [2, 2], [3, 3], [2, 3]],
+        },
+    ]
+    answers = {
+        "texts": {"translations": translations},
+        "document": {"document": "Ein Hund. Zwei Katzen schlafen.", "translations": translations},
+    }
+    sent: list[dict] = []
+
+    def answer(route) -> None:
+        body = json.loads(route.request.post_data)
+        sent.append(body)
+        route.fulfill(json=answers["document" if "document" in body else "texts"])
+
+    page.route("**/translate", answer)
+    page.fill("#translate-text", "A dog.\nTwo cats sleep.")
+    page.check("#translate-alignment")
+    page.click("#translate button[type=submit]")
+    page.wait_for_selector("#alignment:not([hidden])", timeout=ANSWER_MS)
+    assert sent[-1] == {"text": ["A dog.", "Two cats sleep."], "alignment": True}
+    page.focus("#translate-text")
+    page.keyboard.press("Control+End")  # the cursor on the second sentence
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#alignment-grid td.on").count() == 5
+    assert page.locator("#alignment-grid tbody th").all_inner_texts() == [
+        "Two",
+        "cats",
+        "sleep",
+        ".",
+    ]
+    page.keyboard.press("Control+Home")
+    assert page.locator("#alignment-grid td.on").count() == 3
+
+    page.check("#translate-document")
+    page.click("#translate button[type=submit]")
+    page.wait_for_selector("#translate-document-out:not([hidden])", timeout=ANSWER_MS)
+    assert sent[-1] == {"document": "A dog.\nTwo cats sleep.", "alignment": True}
+    assert page.inner_text("#translate-document-out") == answers["document"]["document"]
+    assert page.locator("#translate-out li").count() == 2
+    page.locator("#translate-out li").nth(1).focus()  # a sentence picked in the list
+    assert page.locator("#alignment-grid td.on").count() == 5
