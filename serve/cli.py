@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt serve",
         description="Serve exported bundles: POST /translate, /classify, /lm/score, "
-        "/lm/generate; GET /health, /models, /stats, /docs.",
+        "/lm/generate, /lm/scalings; GET / (the web page), /health, /models, /stats, /docs.",
     )
     parser.add_argument("--translate", metavar="BUNDLE", help="translation bundle directory")
     parser.add_argument("--classify", metavar="BUNDLE", help="MNIST ConvNet bundle directory")
