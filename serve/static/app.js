@@ -10,7 +10,7 @@ const SCALING_UNITS = 16; // hidden units per gate drawn in the heat map
 const ERROR_TEXT_CHARS = 300; // of a non-JSON error body
 
 const byId = (id) => document.getElementById(id);
-const page = { limits: {}, translations: [], lines: [], current: 0 };
+const page = { limits: {}, translations: [], current: 0, documentMode: false };
 
 // ------------------------------------------------------------------------ talking to the server
 
@@ -303,7 +303,6 @@ async function translate(event) {
         const lines = translateLines();
         if (!lines.length) throw new ServerError("Type a sentence to translate.");
         body.text = lines;
-        page.lines = lines;
       }
       const options = [
         ["beam_size", "translate-beam", "Beam size", true],
@@ -713,11 +712,15 @@ function drawScalings(answer) {
 // ------------------------------------------------------------------------ start
 
 function start() {
+  const readServer = () => {
+    loadModels();
+    translateFeatures();
+  };
   byId("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadModels();
+    readServer();
   });
-  byId("api-key").addEventListener("change", loadModels);
+  byId("api-key").addEventListener("change", readServer);
   const translateForm = byId("translate").querySelector("form");
   translateForm.addEventListener("submit", translate);
   submitOnCtrlEnter(byId("translate-text"));
@@ -732,8 +735,7 @@ function start() {
   byId("lm").querySelector("form").addEventListener("submit", continueText);
   submitOnCtrlEnter(byId("lm-prefix"));
   byId("lm-prefix").addEventListener("input", prefixTyped);
-  loadModels();
-  translateFeatures();
+  readServer();
 }
 
 document.addEventListener("DOMContentLoaded", start);
