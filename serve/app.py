@@ -26,14 +26,15 @@ from nmt.errors import UserError
 from serve import schemas
 from serve.auth import APIKeyAuth, api_keys
 from serve.bundle_api import BundleAPI
-from serve.char_lm import CharText, LMGenerateAPI, LMScoreAPI
+from serve.char_lm import CharText, LMGenerateAPI, LMScalingsAPI, LMScoreAPI
 from serve.classify import ClassifyAPI
 from serve.decoding_limits import clamp_decoding
 from serve.http_limits import RequestLimits
 from serve.metrics import RequestMetrics, ServerMetrics
 from serve.translate import AdmissionConfig, TranslateAPI
+from serve.web import add_web_page
 
-SERVER_PATHS = ("/health", "/info", "/models", "/stats", "/metrics", "/docs", "/openapi.json")
+SERVER_PATHS = ("/", "/health", "/info", "/models", "/stats", "/metrics", "/docs", "/openapi.json")
 MAX_REPORTED_ERRORS = 10  # a 784-pixel image of NaNs gets a short answer, not 784 lines
 
 
@@ -111,7 +112,11 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     if options.lm:
         # one text at a time: a request with an unknown character is refused by its worker,
         # which in a batch would refuse its neighbours too
-        lm_apis = [LMScoreAPI(options.lm, **common), LMGenerateAPI(options.lm, **common)]
+        lm_apis = [
+            LMScoreAPI(options.lm, **common),
+            LMGenerateAPI(options.lm, **common),
+            LMScalingsAPI(options.lm, **common),
+        ]
         serve("char_lm", options.lm, "--lm", *lm_apis)
         CharText(models["char_lm"]["vocabulary"], where=str(Path(options.lm) / VOCABULARY))
     if not apis:
@@ -147,6 +152,7 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     server.app.add_api_route("/models", list_models, methods=["GET"])
     server.app.add_api_route("/stats", batch_stats, methods=["GET"])
     _add_metrics(server, apis, metrics)
+    add_web_page(server.app)
     return server
 
 

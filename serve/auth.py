@@ -1,4 +1,5 @@
-"""Optional API keys: with keys configured, every path but ``GET /health`` needs one.
+"""Optional API keys: with keys configured, every path needs one except ``GET /health`` and the
+web page (``/`` and its static files, which hold no data: the page asks for the key itself).
 
 A client sends its key as ``X-API-Key: <key>`` (the header LitServe's own ``LIT_SERVER_API_KEY``
 check reads) or ``Authorization: Bearer <key>``. LitServe's check is not used: it takes one key
@@ -19,7 +20,8 @@ from typing import Any
 from nmt.errors import UserError
 
 API_KEYS_ENV = "NMT_API_KEYS"  # comma-separated; keeps keys out of the process list
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/static/",)  # the web page's assets
 MIN_KEY_CHARS = 16
 HEADER = b"x-api-key"
 BEARER = "bearer "
@@ -40,6 +42,10 @@ def api_keys(given: Iterable[str] | None, environ: dict[str, str] | None = None)
     return tuple(dict.fromkeys(keys))
 
 
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 class APIKeyAuth:
     """ASGI middleware answering 401 to requests without one of ``keys``."""
 
@@ -48,7 +54,7 @@ class APIKeyAuth:
         self.keys = [key.encode() for key in keys]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and not _is_open(scope["path"]):
             if not self._authorized(scope["headers"]):
                 body = json.dumps(
                     {"detail": "missing or wrong API key: send it as X-API-Key: <key>"}

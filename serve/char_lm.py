@@ -1,18 +1,28 @@
-"""``POST /lm/score`` and ``POST /lm/generate``: the character language model bundle.
+"""``POST /lm/score``, ``/lm/generate`` and ``/lm/scalings``: the character language model bundle.
 
 Text is read as the model's symbols, one per character. A vocabulary without a space but with
 PTB's word-break symbol ``_`` reads a space as ``_`` (and writes ``_`` back as a space), so plain
 text can be scored by a Penn Treebank model. The end-of-line symbol both precedes and ends a
 scored text, as every line of the training corpus is preceded and ended by one; generation
 likewise starts on a fresh line. A character outside the vocabulary is refused (422).
+``/lm/scalings`` returns the HyperLSTM's weight scalings d(z) over a text, the numbers behind
+``nmt plot scalings``, so a client can draw them live.
 """
 
 from fastapi import HTTPException
 
 from nmt.errors import UserError
 from serve.bundle_api import BatchPredictAPI
-from serve.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
+from serve.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    ScalingsRequest,
+    ScalingsResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 
+GATES = ["i", "f", "o", "g"]  # the recurrent cells' gate order
 WORD_BREAK = "_"  # PTB's symbol between words
 END_OF_LINE = "\n"  # every prepared character corpus ends each line with this symbol
 
@@ -107,4 +117,63 @@ class LMGenerateAPI(BatchPredictAPI):
         return responses
 
     def encode_response(self, output: GenerateResponse) -> GenerateResponse:
+        return output
+
+
+class LMScalingsAPI(BatchPredictAPI):
+    """The HyperLSTM's row scalings d_h(z) and d_x(z) at each character of a text.
+
+    As ``nmt plot scalings`` does, the text is read once before the returned pass (text, end of
+    line, text), so the numbers show how d(z) follows the text rather than the start from a
+    zero state.
+    """
+
+    def __init__(self, bundle: str, **options) -> None:
+        super().__init__(bundle, "/lm/scalings", **options)
+
+    def prepare(self) -> None:
+        self.char_text = CharText(self.bundle.vocabulary.symbols, str(self.bundle.directory))
+
+    def decode_request(self, request: ScalingsRequest) -> tuple[list[int], ScalingsRequest]:
+        return self.char_text.ids(request.text, "text"), request
+
+    def predict_batch(self, requests: list[tuple[list[int], ScalingsRequest]]) -> list:
+        import torch
+
+        model = self.bundle.model
+        layers = model.rnn.layers
+        hidden = model.config.recurrent.hidden_size
+        responses = []
+        for ids, request in requests:
+            if request.layer >= len(layers):
+                raise HTTPException(
+                    422, f"layer: {request.layer} is past the model's {len(layers)} layers"
+                )
+            warm_up = [*ids, self.char_text.end_of_line]
+            inputs = model.embedding(torch.tensor([warm_up + ids]))
+            for lower in layers[: request.layer]:
+                inputs, _ = lower(inputs)
+            try:
+                scalings = layers[request.layer].weight_scalings(inputs)
+            except ValueError as error:  # not a HyperLSTM layer
+                raise HTTPException(422, f"this model has no weight scalings: {error}") from None
+            units = min(request.units, hidden)
+            drawn = {}
+            for name, values in scalings.items():
+                steps = values[0, len(warm_up) :].float()  # (T, 4H)
+                per_gate = steps.view(len(ids), len(GATES), hidden)[:, :, :units]
+                drawn[name] = per_gate.permute(1, 2, 0).tolist()  # [gate][unit][character]
+            responses.append(
+                ScalingsResponse(
+                    characters=list(request.text),
+                    gates=GATES,
+                    layer=request.layer,
+                    hidden_size=hidden,
+                    d_h=drawn["d_h"],
+                    d_x=drawn["d_x"],
+                )
+            )
+        return responses
+
+    def encode_response(self, output: ScalingsResponse) -> ScalingsResponse:
         return output

@@ -41,6 +41,8 @@ MAX_BODY_BYTES = 1 << 20  # request body size
 IMAGE_SIZE = 28  # MNIST images are 28 x 28 grey values
 PIXEL_MAX = 255
 MAX_PNG_BYTES = 64 << 10
+MAX_SCALING_UNITS = 32  # hidden units per gate in a /lm/scalings answer (1000 chars: 256k numbers)
+DEFAULT_SCALING_UNITS = 16
 
 
 def _strict(**extra) -> ConfigDict:
@@ -291,6 +293,39 @@ class GenerateResponse(BaseModel):
     text: str = Field(description="the generated continuation (without the prefix)")
 
 
+class ScalingsRequest(BaseModel):
+    """A text whose HyperLSTM weight scalings d(z) to return, as ``nmt plot scalings`` draws."""
+
+    model_config = _strict()
+
+    text: Text
+    units: int = Field(
+        DEFAULT_SCALING_UNITS,
+        ge=1,
+        le=MAX_SCALING_UNITS,
+        description="hidden units per gate to return (the first ones)",
+    )
+    layer: int = Field(0, ge=0, description="recurrent layer, 0 = the bottom one")
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        return _not_blank(value)
+
+
+class ScalingsResponse(BaseModel):
+    characters: list[str] = Field(description="the text's characters, one per column")
+    gates: list[str] = Field(description="gate order of the scalings: i, f, o, g")
+    layer: int
+    hidden_size: int = Field(description="hidden units per gate in the layer")
+    d_h: list[list[list[float]]] = Field(
+        description="[gate][unit][character]: scaling of the recurrent weight rows"
+    )
+    d_x: list[list[list[float]]] = Field(
+        description="[gate][unit][character]: scaling of the input weight rows"
+    )
+
+
 def limits() -> dict[str, int | float]:
     """The limits, as reported by ``GET /models``."""
     return {
@@ -305,4 +340,5 @@ def limits() -> dict[str, int | float]:
         "min_temperature": MIN_TEMPERATURE,
         "max_temperature": MAX_TEMPERATURE,
         "max_body_bytes": MAX_BODY_BYTES,
+        "max_scaling_units": MAX_SCALING_UNITS,
     }

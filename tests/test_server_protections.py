@@ -103,8 +103,11 @@ def port_of(server: RunningServer) -> int:
 # ----------------------------------------------------------------------------- API keys
 
 
-def test_keys_are_required_except_for_health(server) -> None:
+def test_keys_are_required_except_for_health_and_the_page(server) -> None:
     assert requests.get(server.url + "/health", timeout=10).status_code == 200
+    assert requests.get(server.url + "/", timeout=10).status_code == 200  # asks for the key
+    assert requests.get(server.url + "/static/app.js", timeout=10).status_code == 200
+    assert requests.get(server.url + "/static/../models", timeout=10).status_code == 401
     assert translate(server, key=None, json=BODY).status_code == 401
     assert translate(server, key="wrong" * 5, json=BODY).status_code == 401
     for path in ("/models", "/stats", "/metrics", "/docs"):
