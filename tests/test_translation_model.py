@@ -177,5 +177,5 @@ def test_config_round_trip() -> None:
     data = json.loads(json.dumps(config.to_dict()))
     assert TranslationConfig.from_dict(data) == config
     assert config.recurrent.hidden_size == config.hidden_size  # one source of truth
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="decoder_layers=0 is invalid"):
         tiny_config(decoder_layers=0)
