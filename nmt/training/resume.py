@@ -20,6 +20,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nmt.checkpoints import load_checkpoint_file
+from nmt.errors import UserError
 from nmt.training.checkpoint_io import remove_stale_partials
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,14 @@ class ResumeRecord(Callback):
         and the restored record does not know it."""
         known = {str(Path(path)) for path in callback.best_k_models}
         for path in sorted(Path(callback.dirpath).glob(f"*{callback.FILE_EXTENSION}")):
-            if str(path) in known or path.name.startswith(callback.CHECKPOINT_NAME_LAST or "last"):
+            last = path.name.startswith(callback.CHECKPOINT_NAME_LAST or "last")
+            if str(path) in known or last or not path.is_file():  # DeepSpeed: directories
                 continue
-            checkpoint = load_checkpoint_file(path)
+            try:
+                checkpoint = load_checkpoint_file(path)
+            except UserError as error:  # not this run's to repair: say so and go on
+                logger.warning("not reading its best-checkpoint record: %s", error)
+                continue
             record = checkpoint.get("callbacks", {}).get(callback.state_key)
             if (
                 checkpoint.get("global_step") == step
