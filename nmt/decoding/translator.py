@@ -120,7 +120,7 @@ class _Request:
     sources: list[list[int]]
     results: list[list[Hypothesis] | None]
     document: Document | None
-    waiting: int  # sentences still queued
+    queue: deque[_Queued]  # its sentences not yet joined, in order
 
 
 @dataclass
@@ -155,7 +155,6 @@ class Translator:
         self.clock = clock
         self.device = model_device(model)
         self._requests: dict[Hashable, _Request] = {}
-        self._queue: deque[_Queued] = deque()
         self._searches: dict[tuple, BeamSearch] = {}
         self._live_cost: dict[Hashable, int] = {}  # per request, its sentences in a search
         self._counters = _Counters()
@@ -287,11 +286,10 @@ class Translator:
         if not sources:
             raise UserError("nothing to translate")
         now = self.clock()
-        self._requests[key] = _Request(
-            options, sources, [None] * len(sources), document, waiting=len(sources)
+        queue = deque(
+            _Queued(key, index, self.cost([ids], options), now) for index, ids in enumerate(sources)
         )
-        for index, ids in enumerate(sources):
-            self._queue.append(_Queued(key, index, self.cost([ids], options), now))
+        self._requests[key] = _Request(options, sources, [None] * len(sources), document, queue)
         self._live_cost[key] = 0
         return self.cost(sources, options)
 
@@ -302,8 +300,6 @@ class Translator:
             return
         self._counters.removed += 1
         self._live_cost.pop(key, None)
-        if request.waiting:
-            self._queue = deque(item for item in self._queue if item.key != key)
         search_key = _search_key(request.options)
         search = self._searches.get(search_key)
         if search is not None:
@@ -328,7 +324,7 @@ class Translator:
             "live_rows": sum(search.live_rows for search in self._searches.values()),
             "live_sentences": sum(len(search) for search in self._searches.values()),
             "live_cost": self.live_cost,
-            "queued_sentences": len(self._queue),
+            "queued_sentences": sum(len(r.queue) for r in self._requests.values()),
             "queued_cost": self.queued_cost,
             "steps": self._counters.steps,
             "row_steps": self._counters.row_steps,
@@ -341,7 +337,7 @@ class Translator:
 
     @property
     def queued_cost(self) -> int:
-        return sum(item.cost for item in self._queue)
+        return sum(item.cost for r in self._requests.values() for item in r.queue)
 
     def step(self) -> list[Finished]:
         """Let waiting sentences join (cost and join window allowing), then advance every
@@ -367,24 +363,32 @@ class Translator:
         return done
 
     def _join(self) -> list[Finished]:
-        """Move queued sentences, in order, into their searches while they fit."""
-        if not self._queue:
+        """Move queued sentences into their searches while they fit.
+
+        A request's sentences join in order; between requests, the one holding the least live
+        cost goes first (the earliest on a tie), so a small request never waits behind all of
+        a large one's sentences, only for room to free up.
+        """
+        waiting = [key for key, request in self._requests.items() if request.queue]
+        if not waiting:
             return []
-        idle = not self._searches
-        if not idle and self.clock() - self._queue[0].since < self.config.join_window:
+        oldest = min(self._requests[key].queue[0].since for key in waiting)
+        if self._searches and self.clock() - oldest < self.config.join_window:
             return []
         limit = self.config.max_live_cost
         live = self.live_cost
         joining: dict[tuple, list[_Queued]] = {}
-        while self._queue:
-            item = self._queue[0]
+        while waiting:
+            key = min(waiting, key=self._live_cost.__getitem__)
+            request = self._requests[key]
+            item = request.queue[0]
             if limit is not None and live + item.cost > limit and (live or joining):
                 break
-            self._queue.popleft()
+            request.queue.popleft()
+            if not request.queue:
+                waiting.remove(key)
             live += item.cost
-            request = self._requests[item.key]
-            request.waiting -= 1
-            self._live_cost[item.key] += item.cost
+            self._live_cost[key] += item.cost
             joining.setdefault(_search_key(request.options), []).append(item)
         failed: list[Finished] = []
         for search_key, items in joining.items():
@@ -436,8 +440,6 @@ class Translator:
             request = self._requests.pop(key, None)
             self._live_cost.pop(key, None)
             if request is not None:
-                if request.waiting:
-                    self._queue = deque(item for item in self._queue if item.key != key)
                 failed.append(Finished(key, error=message))
         return failed
 
@@ -447,7 +449,7 @@ class Translator:
             return None
         request.results[index] = hypotheses
         self._live_cost[key] -= self.cost([request.sources[index]], request.options)
-        if request.waiting or any(result is None for result in request.results):
+        if request.queue or any(result is None for result in request.results):
             return None
         del self._requests[key]
         del self._live_cost[key]
