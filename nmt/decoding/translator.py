@@ -52,6 +52,10 @@ class TranslatorConfig:
     """How the open batch admits sentences (the CLI keeps the defaults: no limit, no wait)."""
 
     max_live_cost: int | None = None  # live rows x source length; None: no limit
+    # a request costing more than this share of max_live_cost decodes in a search of its own,
+    # and large requests together leave small_room of the capacity to the others
+    large_share: float = 0.1
+    small_room: float = 0.25
     join_window: float = 0.0  # seconds arrivals may wait to join a running search together
     max_source_tokens: int = MAX_SOURCE_TOKENS
     language: str = DEFAULT_LANGUAGE  # for splitting documents into sentences
@@ -121,6 +125,7 @@ class _Request:
     results: list[list[Hypothesis] | None]
     document: Document | None
     queue: deque[_Queued]  # its sentences not yet joined, in order
+    search_key: tuple  # its options, and whether it is large (large ones decode apart)
 
 
 @dataclass
@@ -156,6 +161,7 @@ class Translator:
         self.device = model_device(model)
         self._requests: dict[Hashable, _Request] = {}
         self._searches: dict[tuple, BeamSearch] = {}
+        self._spent: dict[tuple, float] = {}  # per search, seconds of decoder steps taken
         self._live_cost: dict[Hashable, int] = {}  # per request, its sentences in a search
         self._counters = _Counters()
 
@@ -289,7 +295,13 @@ class Translator:
         queue = deque(
             _Queued(key, index, self.cost([ids], options), now) for index, ids in enumerate(sources)
         )
-        self._requests[key] = _Request(options, sources, [None] * len(sources), document, queue)
+        cost = self.cost(sources, options)
+        limit = self.config.max_live_cost
+        large = limit is not None and cost > self.config.large_share * limit
+        search_key = (*options.to_dict().values(), large)
+        self._requests[key] = _Request(
+            options, sources, [None] * len(sources), document, queue, search_key
+        )
         self._live_cost[key] = 0
         return self.cost(sources, options)
 
@@ -300,12 +312,11 @@ class Translator:
             return
         self._counters.removed += 1
         self._live_cost.pop(key, None)
-        search_key = _search_key(request.options)
-        search = self._searches.get(search_key)
+        search = self._searches.get(request.search_key)
         if search is not None:
             search.remove([(key, index) for index in range(len(request.sources))])
             if not len(search):
-                del self._searches[search_key]
+                self._drop_search(request.search_key)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._requests
@@ -340,34 +351,48 @@ class Translator:
         return sum(item.cost for r in self._requests.values() for item in r.queue)
 
     def step(self) -> list[Finished]:
-        """Let waiting sentences join (cost and join window allowing), then advance every
-        search by one token. Returns the requests finished or failed in this call."""
+        """Let waiting sentences join (cost and join window allowing), then advance by one
+        token the search that has had the least decoding time. Returns the requests finished
+        or failed in this call.
+
+        Searches share the time, not the steps: a search of a few small requests takes many
+        quick steps while one of large requests takes one slow step, so small requests are not
+        held to the pace of the largest batch (large requests get a search of their own,
+        ``large_share``)."""
         done: list[Finished] = self._join()
-        with torch.inference_mode():
-            for search_key, search in list(self._searches.items()):
-                rows = search.live_rows
-                try:
-                    decided = search.step()
-                except Exception as error:  # noqa: BLE001 - pinned to this search's requests
-                    logger.exception("a decoder step failed")
-                    done += self._fail_search(search_key, search, f"decoding failed: {error}")
-                    continue
-                self._counters.steps += 1
-                self._counters.row_steps += rows
-                for (key, index), hypotheses in decided:
-                    finished = self._decided(key, index, hypotheses)
-                    if finished is not None:
-                        done.append(finished)
-                if not len(search):
-                    del self._searches[search_key]
+        if not self._searches:
+            return done
+        search_key = min(self._searches, key=self._spent.__getitem__)
+        search = self._searches[search_key]
+        rows, start = search.live_rows, time.perf_counter()
+        try:
+            with torch.inference_mode():
+                decided = search.step()
+        except Exception as error:  # noqa: BLE001 - pinned to this search's requests
+            logger.exception("a decoder step failed")
+            return done + self._fail_search(search_key, search, f"decoding failed: {error}")
+        self._spent[search_key] += time.perf_counter() - start
+        self._counters.steps += 1
+        self._counters.row_steps += rows
+        for (key, index), hypotheses in decided:
+            finished = self._decided(key, index, hypotheses)
+            if finished is not None:
+                done.append(finished)
+        if not len(search):
+            self._drop_search(search_key)
         return done
+
+    def _drop_search(self, search_key: tuple) -> None:
+        del self._searches[search_key]
+        del self._spent[search_key]
 
     def _join(self) -> list[Finished]:
         """Move queued sentences into their searches while they fit.
 
         A request's sentences join in order; between requests, the one holding the least live
         cost goes first (the earliest on a tie), so a small request never waits behind all of
-        a large one's sentences, only for room to free up.
+        a large one's sentences. Large requests together leave ``small_room`` of the capacity
+        free, so a small one finds room at once instead of waiting for a slow large batch.
         """
         waiting = [key for key, request in self._requests.items() if request.queue]
         if not waiting:
@@ -377,31 +402,42 @@ class Translator:
             return []
         limit = self.config.max_live_cost
         live = self.live_cost
+        live_large = sum(
+            cost for key, cost in self._live_cost.items() if self._requests[key].search_key[-1]
+        )
         joining: dict[tuple, list[_Queued]] = {}
-        while waiting:
-            key = min(waiting, key=self._live_cost.__getitem__)
+
+        def fits(key: Hashable) -> bool:
+            cost, large = self._requests[key].queue[0].cost, self._requests[key].search_key[-1]
+            if limit is None or not (live or joining):
+                return True
+            room = limit * (1 - self.config.small_room) if large else limit
+            return (live_large if large else live) + cost <= room and live + cost <= limit
+
+        while candidates := [key for key in waiting if fits(key)]:
+            key = min(candidates, key=self._live_cost.__getitem__)
             request = self._requests[key]
-            item = request.queue[0]
-            if limit is not None and live + item.cost > limit and (live or joining):
-                break
-            request.queue.popleft()
+            item = request.queue.popleft()
             if not request.queue:
                 waiting.remove(key)
             live += item.cost
+            live_large += item.cost if request.search_key[-1] else 0
             self._live_cost[key] += item.cost
-            joining.setdefault(_search_key(request.options), []).append(item)
+            joining.setdefault(request.search_key, []).append(item)
         failed: list[Finished] = []
         for search_key, items in joining.items():
             options = self._requests[items[0].key].options
             search = self._searches.get(search_key)
             if search is None:
                 search = self._searches[search_key] = BeamSearch(self.model, options, self.device)
+                # a new search starts level with the least served one, not ahead of them all
+                self._spent[search_key] = min(self._spent.values(), default=0.0)
             try:
                 self._encode_into(search, items)
             except Exception:  # noqa: BLE001 - find the request it belongs to
                 failed += self._encode_one_by_one(search, items)
             if not len(search):
-                del self._searches[search_key]
+                self._drop_search(search_key)
         return failed
 
     def _encode_into(self, search: BeamSearch, items: list[_Queued]) -> None:
@@ -434,7 +470,7 @@ class Translator:
 
     def _fail_search(self, search_key: tuple, search: BeamSearch, message: str) -> list[Finished]:
         keys = {key for key, _ in search.keys}
-        del self._searches[search_key]
+        self._drop_search(search_key)
         failed = []
         for key in keys:
             request = self._requests.pop(key, None)
@@ -485,10 +521,6 @@ class Translator:
         return SentenceTranslation(
             candidates[0].text, best.score, best.log_prob, candidates, alignment
         )
-
-
-def _search_key(options: DecodingOptions) -> tuple:
-    return tuple(options.to_dict().values())
 
 
 __all__ = [
