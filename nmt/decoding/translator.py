@@ -9,13 +9,16 @@ point (``translate``); ``add`` / ``step`` / ``remove`` are the open batch a serv
 
 The open batch admits by cost. A sentence costs its beam's rows times its source length (the
 encoder output every row attends over is what memory grows with), and the live sentences'
-cost stays within ``max_live_cost``; sentences wait in arrival order until they fit, and join
-together once the oldest has waited ``join_window`` seconds (one encoder pass for all of them)
-or at once when nothing is decoding. A sentence's output does not depend on when it joined or
-whom it met (``nmt.decoding.beam_search``), so the CLI's closed batches and a server's open
-batch give the same translations for the same options.
+cost stays within ``max_live_cost``; sentences wait until they fit (in order within a request;
+the request holding least goes first), and join together once the oldest has waited
+``join_window`` seconds (one encoder pass for all of them) or at once when nothing is decoding.
+Large requests decode in searches of their own and leave room for small ones, and searches
+share the decoding time, so small requests keep their pace beside large ones. A sentence's
+output does not depend on when it joined or whom it met (``nmt.decoding.beam_search``), so
+the CLI's closed batches and a server's open batch give the same translations for the same
+options.
 
-Failures stay with their request: a request whose text cannot be encoded is refused by ``add``;
+Failures stay with their request: a text the model cannot take is refused by ``prepare``;
 one whose formatting fails finishes with an error; a decoder step that fails fails only the
 requests decoding in that step's search (that search is reset), and the translator goes on.
 """
@@ -318,15 +321,9 @@ class Translator:
             if not len(search):
                 self._drop_search(request.search_key)
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._requests
-
     def __len__(self) -> int:
         """Requests in the translator (queued or decoding)."""
         return len(self._requests)
-
-    def keys(self) -> list[Hashable]:
-        return list(self._requests)
 
     def stats(self) -> dict[str, int]:
         """What the open batch holds now, and what it did since it was made."""
