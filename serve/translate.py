@@ -12,7 +12,8 @@ Admission, per worker:
 - a request with a sentence that could never fit the worker's capacity (``max_live_cost``:
   live rows x source length), or that would need longer than the timeout alone at the worker's
   decoding rate, is refused at once with 413 saying why;
-- one that does not fit now waits in order in the translator; past ``max_queued_cost`` of
+- one that does not fit now waits in the translator (in order within a request, the request
+  holding least first between them); past ``max_queued_cost`` of
   waiting work it gets 503 with ``Retry-After`` (the seconds the waiting work needs);
 - one that times out (from arrival to answer: 504) or whose client left is taken out of the
   batch before the next decoder step, so no work is spent on answers nobody reads.
@@ -72,11 +73,17 @@ LOAD_FIELDS = (
 
 @dataclass
 class AdmissionConfig:
-    """A worker's limits (``nmt serve`` options); defaults measured on this machine."""
+    """A worker's limits (``nmt serve`` options); defaults measured on this machine
+    (``benchmarks/translator_capacity.py``, quickstart-size model, one thread)."""
 
-    max_live_cost: int = 40_000
+    # about 10-12 KB of worker memory per unit (40,000 held 0.37 GiB above the model); a
+    # decoder step's time grows with it, the rate per unit hardly does (10,000: 925/s; 40,000:
+    # 876/s), so a small capacity keeps small requests fast at no cost in throughput
+    max_live_cost: int = 10_000
+    # waiting requests hold only wordpiece ids; this is about 7 minutes of work at the rate below
     max_queued_cost: int = 400_000
-    decode_rate: float = 2_000.0  # cost units (about row-steps) a worker decodes per second
+    # cost units (about row-steps) a worker decodes per second: 880-960 measured on a busy machine
+    decode_rate: float = 1_000.0
     join_window: float = 0.2
     language: str = "en"
 

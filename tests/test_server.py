@@ -549,22 +549,26 @@ def test_over_cost_requests_are_refused_up_front(tight_server, loaded, shared_da
     assert translate_load(tight_server)["requests"] == 0  # nothing was queued
 
 
-def test_a_disconnected_clients_rows_leave_the_batch(tight_server, shared_data):
-    """A document of about 600 sentences needs 13 decoder steps (the untrained model runs to
-    its length cap, 12 + EOS); its client leaves at once, and it is removed before it gets
-    them."""
+def test_a_disconnected_clients_rows_leave_the_batch(tight_server, loaded, shared_data):
+    """A document of about 600 sentences fills the worker's capacity ten times over, and each
+    fill takes 13 decoder steps (the untrained model runs to its length cap, 12 + EOS); its
+    client leaves at once, and it is removed long before it could get them all."""
     document, _ = real_document(shared_data)
+    document *= 60
+    sentences = [s for s in document.split(".") if s.strip()]
+    encode = loaded["translate"].wordpieces.encode
+    cost = sum(TEST_DECODING.beam_size * (len(encode(s + ".")) + 1) for s in sentences)
+    needed = 13 * (cost // TIGHT_LIVE_COST)  # steps to decode it all, at least
+    assert needed > 100
     before = translate_load(tight_server)
     with pytest.raises(requests.exceptions.ReadTimeout):
-        requests.post(
-            tight_server.url + "/translate", json={"document": document * 60}, timeout=0.3
-        )
+        requests.post(tight_server.url + "/translate", json={"document": document}, timeout=0.3)
     deadline = time.monotonic() + 60
     while (load := translate_load(tight_server))["removed"] == before["removed"]:
         assert time.monotonic() < deadline, load
         time.sleep(0.2)
     assert load["requests"] == 0 and load["live_rows"] == 0 and load["queued_sentences"] == 0
-    assert load["steps"] - before["steps"] < 13
+    assert load["steps"] - before["steps"] < needed // 2
 
 
 def test_a_burst_of_maximum_requests_keeps_within_capacity(tight_server, shared_data):

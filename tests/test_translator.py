@@ -1,8 +1,8 @@
 """The text-level translator (``nmt.decoding.translator``) against independent references.
 
 Closed batches equal the beam search run sentence by sentence; a document equals its sentences
-translated one by one, with its whitespace kept exactly; the open batch admits by cost, in
-order, and a removed request's rows leave at once; a failure stays with its request; the
+translated one by one, with its whitespace kept exactly; the open batch admits by cost, fairly
+between requests, and a removed request's rows leave at once; a failure stays with its request; the
 alignment of a hand-built model is the one worked out by hand.
 """
 
@@ -88,30 +88,28 @@ def test_a_long_sentence_is_split_at_spaces_in_a_document_and_refused_as_a_text(
     assert " ".join(document.sentences).split() == words * 2
 
 
-def test_cost_admission_keeps_the_limit_and_the_order(model, wordpieces, shared_data):
+def test_cost_admission_keeps_the_limit_and_lets_a_small_request_in(model, wordpieces, shared_data):
+    """Room for two sentences: the large request's sentences join in order, two at a time; the
+    small one that came after joins at the first free room instead of after all of them."""
     texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 9)
     options = TEST_DECODING
-    sources = [wordpieces.encode(t) for t in texts]
-    largest = max(Translator.cost([ids], options) for ids in sources)
-    limit = 2 * largest  # room for two sentences at a time, at least
+    largest = max(Translator.cost([wordpieces.encode(t)], options) for t in texts)
+    limit = 2 * largest
     translator = Translator(model, wordpieces, options, TranslatorConfig(max_live_cost=limit))
-    for name, chunk in (("first", texts[:3]), ("second", texts[3:6]), ("third", texts[6:])):
-        translator.add(name, translator.prepare(texts=chunk), options)
+    translator.add("large", translator.prepare(texts=texts[:8]), options)
+    translator.add("small", translator.prepare(texts=texts[8:]), options)
     order, most = [], 0
     while len(translator):
         for item in translator.step():
             order.append(item.key)
-            alone = translator_alone(model, wordpieces, texts, item.key)
-            assert [t.text for t in item.translations] == alone
+            chunk = texts[:8] if item.key == "large" else texts[8:]
+            alone = translate_texts(model, wordpieces, chunk, options, batch_size=1)
+            assert [t.text for t in item.translations] == [
+                wordpieces.decode(h[0].tokens) for h in alone
+            ]
         most = max(most, translator.stats()["live_cost"])
         assert translator.stats()["live_cost"] <= limit
-    assert order == ["first", "second", "third"] and most > largest
-
-
-def translator_alone(model, wordpieces, texts, key) -> list[str]:
-    chunk = {"first": texts[:3], "second": texts[3:6], "third": texts[6:]}[key]
-    found = translate_texts(model, wordpieces, chunk, TEST_DECODING, batch_size=1)
-    return [wordpieces.decode(h[0].tokens) for h in found]
+    assert order == ["small", "large"] and most > largest
 
 
 def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, shared_data):

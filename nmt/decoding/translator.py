@@ -9,13 +9,16 @@ point (``translate``); ``add`` / ``step`` / ``remove`` are the open batch a serv
 
 The open batch admits by cost. A sentence costs its beam's rows times its source length (the
 encoder output every row attends over is what memory grows with), and the live sentences'
-cost stays within ``max_live_cost``; sentences wait in arrival order until they fit, and join
-together once the oldest has waited ``join_window`` seconds (one encoder pass for all of them)
-or at once when nothing is decoding. A sentence's output does not depend on when it joined or
-whom it met (``nmt.decoding.beam_search``), so the CLI's closed batches and a server's open
-batch give the same translations for the same options.
+cost stays within ``max_live_cost``; sentences wait until they fit (in order within a request;
+the request holding least goes first), and join together once the oldest has waited
+``join_window`` seconds (one encoder pass for all of them) or at once when nothing is decoding.
+Large requests decode in searches of their own and leave room for small ones, and searches
+share the decoding time, so small requests keep their pace beside large ones. A sentence's
+output does not depend on when it joined or whom it met (``nmt.decoding.beam_search``), so
+the CLI's closed batches and a server's open batch give the same translations for the same
+options.
 
-Failures stay with their request: a request whose text cannot be encoded is refused by ``add``;
+Failures stay with their request: a text the model cannot take is refused by ``prepare``;
 one whose formatting fails finishes with an error; a decoder step that fails fails only the
 requests decoding in that step's search (that search is reset), and the translator goes on.
 """
@@ -53,6 +56,10 @@ class TranslatorConfig:
     """How the open batch admits sentences (the CLI keeps the defaults: no limit, no wait)."""
 
     max_live_cost: int | None = None  # live rows x source length; None: no limit
+    # a request costing more than this share of max_live_cost decodes in a search of its own,
+    # and large requests together leave small_room of the capacity to the others
+    large_share: float = 0.1
+    small_room: float = 0.25
     join_window: float = 0.0  # seconds arrivals may wait to join a running search together
     max_source_tokens: int = MAX_SOURCE_TOKENS
     language: str = DEFAULT_LANGUAGE  # for splitting documents into sentences
@@ -121,7 +128,8 @@ class _Request:
     sources: list[list[int]]
     results: list[list[Hypothesis] | None]
     document: Document | None
-    waiting: int  # sentences still queued
+    queue: deque[_Queued]  # its sentences not yet joined, in order
+    search_key: tuple  # its options, and whether it is large (large ones decode apart)
 
 
 @dataclass
@@ -156,8 +164,8 @@ class Translator:
         self.clock = clock
         self.device = model_device(model)
         self._requests: dict[Hashable, _Request] = {}
-        self._queue: deque[_Queued] = deque()
         self._searches: dict[tuple, BeamSearch] = {}
+        self._spent: dict[tuple, float] = {}  # per search, seconds of decoder steps taken
         self._live_cost: dict[Hashable, int] = {}  # per request, its sentences in a search
         self._counters = _Counters()
 
@@ -289,11 +297,16 @@ class Translator:
         if not sources:
             raise UserError("nothing to translate")
         now = self.clock()
-        self._requests[key] = _Request(
-            options, sources, [None] * len(sources), document, waiting=len(sources)
+        queue = deque(
+            _Queued(key, index, self.cost([ids], options), now) for index, ids in enumerate(sources)
         )
-        for index, ids in enumerate(sources):
-            self._queue.append(_Queued(key, index, self.cost([ids], options), now))
+        cost = self.cost(sources, options)
+        limit = self.config.max_live_cost
+        large = limit is not None and cost > self.config.large_share * limit
+        search_key = (*options.to_dict().values(), large)
+        self._requests[key] = _Request(
+            options, sources, [None] * len(sources), document, queue, search_key
+        )
         self._live_cost[key] = 0
         return self.cost(sources, options)
 
@@ -304,24 +317,15 @@ class Translator:
             return
         self._counters.removed += 1
         self._live_cost.pop(key, None)
-        if request.waiting:
-            self._queue = deque(item for item in self._queue if item.key != key)
-        search_key = _search_key(request.options)
-        search = self._searches.get(search_key)
+        search = self._searches.get(request.search_key)
         if search is not None:
             search.remove([(key, index) for index in range(len(request.sources))])
             if not len(search):
-                del self._searches[search_key]
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._requests
+                self._drop_search(request.search_key)
 
     def __len__(self) -> int:
         """Requests in the translator (queued or decoding)."""
         return len(self._requests)
-
-    def keys(self) -> list[Hashable]:
-        return list(self._requests)
 
     def stats(self) -> dict[str, int]:
         """What the open batch holds now, and what it did since it was made."""
@@ -330,7 +334,7 @@ class Translator:
             "live_rows": sum(search.live_rows for search in self._searches.values()),
             "live_sentences": sum(len(search) for search in self._searches.values()),
             "live_cost": self.live_cost,
-            "queued_sentences": len(self._queue),
+            "queued_sentences": sum(len(r.queue) for r in self._requests.values()),
             "queued_cost": self.queued_cost,
             "steps": self._counters.steps,
             "row_steps": self._counters.row_steps,
@@ -343,63 +347,96 @@ class Translator:
 
     @property
     def queued_cost(self) -> int:
-        return sum(item.cost for item in self._queue)
+        return sum(item.cost for r in self._requests.values() for item in r.queue)
 
     def step(self) -> list[Finished]:
-        """Let waiting sentences join (cost and join window allowing), then advance every
-        search by one token. Returns the requests finished or failed in this call."""
+        """Let waiting sentences join (cost and join window allowing), then advance by one
+        token the search that has had the least decoding time. Returns the requests finished
+        or failed in this call.
+
+        Searches share the time, not the steps: a search of a few small requests takes many
+        quick steps while one of large requests takes one slow step, so small requests are not
+        held to the pace of the largest batch (large requests get a search of their own,
+        ``large_share``)."""
         done: list[Finished] = self._join()
-        with torch.inference_mode():
-            for search_key, search in list(self._searches.items()):
-                rows = search.live_rows
-                try:
-                    decided = search.step()
-                except Exception as error:  # noqa: BLE001 - pinned to this search's requests
-                    logger.exception("a decoder step failed")
-                    done += self._fail_search(search_key, search, f"decoding failed: {error}")
-                    continue
-                self._counters.steps += 1
-                self._counters.row_steps += rows
-                for (key, index), hypotheses in decided:
-                    finished = self._decided(key, index, hypotheses)
-                    if finished is not None:
-                        done.append(finished)
-                if not len(search):
-                    del self._searches[search_key]
+        if not self._searches:
+            return done
+        search_key = min(self._searches, key=self._spent.__getitem__)
+        search = self._searches[search_key]
+        rows, start = search.live_rows, time.perf_counter()
+        try:
+            with torch.inference_mode():
+                decided = search.step()
+        except Exception as error:  # noqa: BLE001 - pinned to this search's requests
+            logger.exception("a decoder step failed")
+            return done + self._fail_search(search_key, search, f"decoding failed: {error}")
+        self._spent[search_key] += time.perf_counter() - start
+        self._counters.steps += 1
+        self._counters.row_steps += rows
+        for (key, index), hypotheses in decided:
+            finished = self._decided(key, index, hypotheses)
+            if finished is not None:
+                done.append(finished)
+        if not len(search):
+            self._drop_search(search_key)
         return done
 
+    def _drop_search(self, search_key: tuple) -> None:
+        del self._searches[search_key]
+        del self._spent[search_key]
+
     def _join(self) -> list[Finished]:
-        """Move queued sentences, in order, into their searches while they fit."""
-        if not self._queue:
+        """Move queued sentences into their searches while they fit.
+
+        A request's sentences join in order; between requests, the one holding the least live
+        cost goes first (the earliest on a tie), so a small request never waits behind all of
+        a large one's sentences. Large requests together leave ``small_room`` of the capacity
+        free, so a small one finds room at once instead of waiting for a slow large batch.
+        """
+        waiting = [key for key, request in self._requests.items() if request.queue]
+        if not waiting:
             return []
-        idle = not self._searches
-        if not idle and self.clock() - self._queue[0].since < self.config.join_window:
+        oldest = min(self._requests[key].queue[0].since for key in waiting)
+        if self._searches and self.clock() - oldest < self.config.join_window:
             return []
         limit = self.config.max_live_cost
         live = self.live_cost
+        live_large = sum(
+            cost for key, cost in self._live_cost.items() if self._requests[key].search_key[-1]
+        )
         joining: dict[tuple, list[_Queued]] = {}
-        while self._queue:
-            item = self._queue[0]
-            if limit is not None and live + item.cost > limit and (live or joining):
-                break
-            self._queue.popleft()
+
+        def fits(key: Hashable) -> bool:
+            cost, large = self._requests[key].queue[0].cost, self._requests[key].search_key[-1]
+            if limit is None or not (live or joining):
+                return True
+            room = limit * (1 - self.config.small_room) if large else limit
+            return (live_large if large else live) + cost <= room and live + cost <= limit
+
+        while candidates := [key for key in waiting if fits(key)]:
+            key = min(candidates, key=self._live_cost.__getitem__)
+            request = self._requests[key]
+            item = request.queue.popleft()
+            if not request.queue:
+                waiting.remove(key)
             live += item.cost
-            request = self._requests[item.key]
-            request.waiting -= 1
-            self._live_cost[item.key] += item.cost
-            joining.setdefault(_search_key(request.options), []).append(item)
+            live_large += item.cost if request.search_key[-1] else 0
+            self._live_cost[key] += item.cost
+            joining.setdefault(request.search_key, []).append(item)
         failed: list[Finished] = []
         for search_key, items in joining.items():
             options = self._requests[items[0].key].options
             search = self._searches.get(search_key)
             if search is None:
                 search = self._searches[search_key] = BeamSearch(self.model, options, self.device)
+                # a new search starts level with the least served one, not ahead of them all
+                self._spent[search_key] = min(self._spent.values(), default=0.0)
             try:
                 self._encode_into(search, items)
             except Exception:  # noqa: BLE001 - find the request it belongs to
                 failed += self._encode_one_by_one(search, items)
             if not len(search):
-                del self._searches[search_key]
+                self._drop_search(search_key)
         return failed
 
     def _encode_into(self, search: BeamSearch, items: list[_Queued]) -> None:
@@ -432,14 +469,12 @@ class Translator:
 
     def _fail_search(self, search_key: tuple, search: BeamSearch, message: str) -> list[Finished]:
         keys = {key for key, _ in search.keys}
-        del self._searches[search_key]
+        self._drop_search(search_key)
         failed = []
         for key in keys:
             request = self._requests.pop(key, None)
             self._live_cost.pop(key, None)
             if request is not None:
-                if request.waiting:
-                    self._queue = deque(item for item in self._queue if item.key != key)
                 failed.append(Finished(key, error=message))
         return failed
 
@@ -449,7 +484,7 @@ class Translator:
             return None
         request.results[index] = hypotheses
         self._live_cost[key] -= self.cost([request.sources[index]], request.options)
-        if request.waiting or any(result is None for result in request.results):
+        if request.queue or any(result is None for result in request.results):
             return None
         del self._requests[key]
         del self._live_cost[key]
@@ -485,10 +520,6 @@ class Translator:
         return SentenceTranslation(
             candidates[0].text, best.score, best.log_prob, candidates, alignment
         )
-
-
-def _search_key(options: DecodingOptions) -> tuple:
-    return tuple(options.to_dict().values())
 
 
 __all__ = [
