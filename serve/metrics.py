@@ -34,13 +34,18 @@ OTHER = "other"
 # keys of an endpoint's live statistics that become gauges when its workers report them
 LIVE_GAUGES = {
     "live_rows": "rows (sentences or hypotheses) in the running decoder batch",
+    "live_cost": "admission cost (rows weighted by source length) being decoded",
+    "queued_sentences": "sentences admitted and waiting to join the decoder batch",
+    "queued_cost": "admission cost of the sentences waiting to join",
     "queue_length": "requests waiting for a model worker",
 }
 
 
 def live_stats(api: Any) -> dict[str, Any]:
-    """An endpoint's statistics as its model workers report them (``serve.stats``)."""
-    return api.stats.snapshot()
+    """An endpoint's statistics as its model workers report them (``serve.stats``), with the
+    translator's load (live rows, queue, decoder steps) summed over its workers."""
+    snapshot = api.stats.snapshot()
+    return {**snapshot, **snapshot.get("load", {})}
 
 
 class ServerMetrics:
@@ -132,7 +137,7 @@ class ServerCollector(Collector):
             calls.add_metric([api.api_path], snapshot["batches"])
             rows.add_metric([api.api_path], snapshot["requests"])
             if api.batching == "continuous":
-                steps.add_metric([api.api_path], snapshot["batches"])
+                steps.add_metric([api.api_path], snapshot.get("steps", snapshot["batches"]))
             live = {"queue_length": self._queued(api.api_path), **snapshot}
             for key, gauge in gauges.items():
                 if live.get(key) is not None:

@@ -222,6 +222,9 @@ def test_metrics_parse_and_move_with_traffic(server) -> None:
     steps = "hypernmt_decoder_steps_total"
     assert value(after, steps, endpoint="/translate") > value(before, steps, endpoint="/translate")
     assert value(after, "hypernmt_queue_length", endpoint="/translate") == 0
+    for idle in ("hypernmt_live_rows", "hypernmt_live_cost", "hypernmt_queued_sentences"):
+        assert (idle, (("endpoint", "/translate"),)) in after  # the translator's load, idle now
+        assert value(after, idle, endpoint="/translate") == 0
     memory = [v for (name, _), v in after.items() if name == "hypernmt_worker_memory_bytes"]
     assert memory and min(memory) > 50e6  # a worker holds torch and the model
     unknown = requests.get(server.url + "/no/such/path/1", headers={"X-API-Key": KEY}, timeout=10)
