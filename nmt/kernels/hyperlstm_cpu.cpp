@@ -275,8 +275,10 @@ inline void lstm_row_backward(Scratch<T>& s, const T* grad_h, const T* grad_c,
   for (int64_t j = 0; j < n; ++j) grad_cell_prev[j] = grad_out[j] * sf[j];
 }
 
+// Rows per parallel chunk: at least ATen's grain of elements (4N gate values per row), so a
+// small batch (a decoding step) runs on one thread instead of paying a fork-join per kernel.
 int64_t grain(int64_t units) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / (16 * kGates * units));
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / (kGates * units));
 }
 
 void check_cpu(const at::Tensor& t) {
