@@ -247,16 +247,9 @@ class _HyperLSTMSequence(torch.autograd.Function):
             grad[2] = grad_products[t, :, :hyper_split] @ hyper_recurrent
             grad[3] = grad_hyper_c_prev
 
-        rows = steps * batch
-        flat_products = grad_products.view(rows, -1)
-        grad_recurrent = flat_products.t() @ hs[:-1].reshape(rows, hidden)
-        grad_hyper_recurrent = flat_products[:, :hyper_split].t() @ hyper_hs[:-1].reshape(
-            rows, hyper_units
+        grad_recurrent, grad_hyper_recurrent, grad_z_weight, grad_z_bias, grad_d_bias = (
+            _weight_gradients(grad_products, grad_z, grad_bias_rows, hs, hyper_hs, hyper_split)
         )
-        flat_z = grad_z.view(rows, -1)
-        grad_z_weight = flat_z.t() @ hyper_hs[1:].reshape(rows, hyper_units)
-        grad_z_bias = flat_z.sum(0)
-        grad_d_bias = grad_bias_rows.sum(1).unsqueeze(1)
 
         grad_gate_w, grad_gate_b, grad_cell_w, grad_cell_b = main_norm_grads.totals()
         grad_hyper_norms = hyper_norm_grads.totals()
@@ -427,22 +420,40 @@ class _FusedHyperLSTMSequence(torch.autograd.Function):
             grad[2] = grad_products[t, :, :hyper_split] @ hyper_recurrent
             grad[3] = grad_hyper_c_prev
 
-        rows = steps * batch
-        flat_products = grad_products.view(rows, -1)
-        grad_recurrent = flat_products.t() @ hs[:-1].reshape(rows, hidden)
-        grad_hyper_recurrent = flat_products[:, :hyper_split].t() @ hyper_hs[:-1].reshape(
-            rows, hyper_units
+        grad_recurrent, grad_hyper_recurrent, grad_z_weight, grad_z_bias, grad_d_bias = (
+            _weight_gradients(grad_products, grad_z, grad_bias_rows, hs, hyper_hs, hyper_split)
         )
-        flat_z = grad_z.view(rows, -1)
-        grad_z_weight = flat_z.t() @ hyper_hs[1:].reshape(rows, hyper_units)
-        grad_z_bias = flat_z.sum(0)
-        grad_d_bias = grad_bias_rows.sum(1).unsqueeze(1)
         grad_main_norms = kernels.norm_totals(main_acc) if layer_norm else (None,) * 4
         return (
             grad_projected, *grad, grad_recurrent, grad_hyper_recurrent, grad_z_weight,
             grad_z_bias, grad_d_weight, grad_d_bias, *grad_main_norms,
             *kernels.norm_totals(hyper_acc), None, None, None,
         )  # fmt: skip
+
+
+def _weight_gradients(
+    grad_products: Tensor, grad_z: Tensor, grad_bias_rows: Tensor, hs: Tensor, hyper_hs: Tensor,
+    hyper_split: int,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The weight gradients of a whole sequence as a few large products over all its steps:
+    recurrent, hyper recurrent, z weight and bias, and the dynamic-bias rows' d bias.
+
+    grad_products (T, B, 4N_hyper + 4H) and grad_z (T, B, *) hold every step's gradients;
+    hs (T+1, B, H) and hyper_hs (T+1, B, N_hyper) every state, the initial one first.
+    """
+    rows = grad_products.shape[0] * grad_products.shape[1]
+    flat_products = grad_products.view(rows, -1)
+    hidden, hyper_units = hs.shape[-1], hyper_hs.shape[-1]
+    grad_recurrent = flat_products.t() @ hs[:-1].reshape(rows, hidden)
+    grad_hyper_recurrent = flat_products[:, :hyper_split].t() @ hyper_hs[:-1].reshape(
+        rows, hyper_units
+    )
+    flat_z = grad_z.view(rows, -1)
+    grad_z_weight = flat_z.t() @ hyper_hs[1:].reshape(rows, hyper_units)
+    return (
+        grad_recurrent, grad_hyper_recurrent, grad_z_weight, flat_z.sum(0),
+        grad_bias_rows.sum(1).unsqueeze(1),
+    )  # fmt: skip
 
 
 def _weights(
