@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     options = ServeOptions(**{f.name: getattr(args, f.name) for f in fields(ServeOptions)})
     server = build_server(options)
     previous = signal.signal(signal.SIGTERM, _interrupt_in(os.getpid()))
+    # SIGINT stops the server even when it was started in the background of a script, which
+    # starts it with SIGINT ignored (Python then installs no handler of its own).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.run(
             host=args.host,
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"the server could not start: {_startup_error(server, error)}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         _stop_workers(server)
     return 0
 
