@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt serve",
         description="Serve exported bundles: POST /translate, /classify, /lm/score, "
-        "/lm/generate, /lm/scalings; GET / (the web page), /health, /models, /stats, /metrics, /docs.",
+        "/lm/generate, /lm/scalings; GET / (the web page), /health, /models, /stats, /metrics, "
+        "/docs.",
     )
     parser.add_argument("--translate", metavar="BUNDLE", help="translation bundle directory")
     parser.add_argument("--classify", metavar="BUNDLE", help="MNIST ConvNet bundle directory")

@@ -164,7 +164,11 @@ def test_health_models_and_openapi(server):
     endpoint = translation["endpoints"]["/translate"]
     assert endpoint["batching"] == "continuous" and endpoint["join_window"] == BATCH_TIMEOUT
     assert endpoint["max_live_cost"] == AdmissionConfig.max_live_cost
-    assert set(models["models"]["char_lm"]["endpoints"]) == {"/lm/score", "/lm/generate", "/lm/scalings"}
+    assert set(models["models"]["char_lm"]["endpoints"]) == {
+        "/lm/score",
+        "/lm/generate",
+        "/lm/scalings",
+    }
     assert models["limits"]["max_beam_size"] >= 1
 
     schema = server.get("/openapi.json").json()
