@@ -25,6 +25,7 @@ import psutil
 import pytest
 import requests
 import torch
+from fakes import FailingWordpieces
 from test_bundle import (
     TEST_DECODING,
     multi30k_lines,
@@ -340,22 +341,6 @@ def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
     expected = in_process_translations(load_bundle(bundles["translate"]), [texts[1]])
     assert data.translations[0].text == expected[0][0][0]
     assert api.stats.load()["removed"] == 1  # the late one's rows left the batch
-
-
-class FailingWordpieces:
-    """A bundle's wordpieces, except that formatting one given output raises (as a damaged
-    weight can make a model emit what the wordpiece model cannot decode)."""
-
-    def __init__(self, wordpieces, poison: list[int]) -> None:
-        self.wordpieces, self.poison = wordpieces, poison
-
-    def __getattr__(self, name):
-        return getattr(self.wordpieces, name)
-
-    def decode(self, ids):
-        if list(ids) == self.poison:
-            raise IndexError("piece id is out of range")
-        return self.wordpieces.decode(ids)
 
 
 def test_a_failing_request_gets_its_500_and_its_neighbours_their_answers(bundles, shared_data):

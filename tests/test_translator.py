@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import FailingWordpieces
 from test_beam_search import A, B, C, TableModel
 from test_bundle import TEST_DECODING, multi30k_lines, tiny_translation_model, train_wordpieces
 
@@ -134,21 +135,6 @@ def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, shared_da
     ]
 
 
-class FailingWordpieces:
-    """The real wordpieces, except that formatting one given output raises."""
-
-    def __init__(self, wordpieces, poison: list[int]) -> None:
-        self.wordpieces, self.poison = wordpieces, poison
-
-    def __getattr__(self, name):
-        return getattr(self.wordpieces, name)
-
-    def decode(self, ids):
-        if list(ids) == self.poison:
-            raise RuntimeError("damaged output")
-        return self.wordpieces.decode(ids)
-
-
 class FailingModel:
     """The real model, except that the decoder step number ``fail_at`` raises."""
 
@@ -170,7 +156,8 @@ def test_a_failure_stays_with_its_request(model, wordpieces, shared_data):
     outputs = translate_texts(model, wordpieces, texts, TEST_DECODING, batch_size=6)
     poison = outputs[2][0].tokens
     assert all(h[0].tokens != poison for i, h in enumerate(outputs) if i != 2)
-    translator = Translator(model, FailingWordpieces(wordpieces, poison), TEST_DECODING)
+    failing = FailingWordpieces(wordpieces, poison, RuntimeError("damaged output"))
+    translator = Translator(model, failing, TEST_DECODING)
     for index, text in enumerate(texts):
         translator.add(index, translator.prepare(texts=[text]), TEST_DECODING)
     finished = run(translator)
