@@ -28,28 +28,37 @@ from torch import Tensor, nn
 
 from nmt import kernels
 from nmt.modules.lstm import (
+    EAGER_GATE_MATH,
     FORGET_GATE,
     NUM_GATES,
     Affine,
     GateMath,
     LayerNormLSTMCell,
     NormGrads,
+    PointwiseCache,
     batch_first_outputs,
     dropout_mask,
     gate_math,
-    lstm_pointwise,
     orthogonal_gates_,
 )
 from nmt.modules.padding import SequenceEnds, State
 
 NUM_Z = 3 * NUM_GATES  # z_h, z_x, z_b for each gate
+# Rows of the (12, B, H) scalings W_z z: d_h, d_x, then the dynamic bias W_bz z_b
+D_H = slice(0, NUM_GATES)
+D_X = slice(NUM_GATES, 2 * NUM_GATES)
+D_B = slice(2 * NUM_GATES, NUM_Z)
 FUSED_DTYPES = (torch.float32, torch.float64)  # the fused kernels' types
 Z_SCALE_INIT = 0.1  # d_h and d_x start at exactly this value per row
 Z_BIAS_STD = 0.01  # std of the z_b projection's initial weights
 
 
 class HyperWeights(NamedTuple):
-    """The cell's parameters arranged for the recurrence (built once per sequence)."""
+    """The cell's parameters as the recurrence uses them (``HyperLSTMCell.recurrence_weights``).
+
+    Every field is a tensor, or None for the main cell's norms without layer norm, so the
+    autograd function takes them as ``*weights`` and returns their gradients in this order.
+    """
 
     recurrent: Tensor  # (4N_hyper + 4H, H): [hyper cell's W for h_{t-1}; W_h]
     hyper_recurrent: Tensor  # (4N_hyper, N_hyper): hyper cell's W for h^_{t-1}
@@ -57,18 +66,66 @@ class HyperWeights(NamedTuple):
     z_bias: Tensor  # (12 N_z,): b_hh, b_hx, then zeros (z_b has no bias)
     d_weight: Tensor  # (12, N_z, H): W_hz, W_xz, W_bz per gate
     d_bias: Tensor  # (4, 1, H): b_0 (+ forget bias without LN)
-    gate_norm: Affine | None
-    cell_norm: Affine | None
-    hyper_gate_norm: Affine
-    hyper_cell_norm: Affine
+    gate_norm_weight: Tensor | None  # (4, H), the main cell's layer norms
+    gate_norm_bias: Tensor | None  # (4, H), forget bias included
+    cell_norm_weight: Tensor | None  # (H,)
+    cell_norm_bias: Tensor | None  # (H,)
+    hyper_gate_norm_weight: Tensor  # (4, N_hyper), the hyper cell's (always layer-normed)
+    hyper_gate_norm_bias: Tensor  # (4, N_hyper), forget bias included
+    hyper_cell_norm_weight: Tensor  # (N_hyper,)
+    hyper_cell_norm_bias: Tensor  # (N_hyper,)
+
+    @property
+    def gate_norm(self) -> Affine | None:
+        if self.gate_norm_weight is None:
+            return None
+        return Affine(self.gate_norm_weight.unsqueeze(1), self.gate_norm_bias.unsqueeze(1))
+
+    @property
+    def cell_norm(self) -> Affine | None:
+        if self.cell_norm_weight is None:
+            return None
+        return Affine(self.cell_norm_weight, self.cell_norm_bias)
+
+    @property
+    def hyper_gate_norm(self) -> Affine:
+        weight, bias = self.hyper_gate_norm_weight, self.hyper_gate_norm_bias
+        return Affine(weight.unsqueeze(1), bias.unsqueeze(1))
+
+    @property
+    def hyper_cell_norm(self) -> Affine:
+        return Affine(self.hyper_cell_norm_weight, self.hyper_cell_norm_bias)
+
+    def main_norms(self) -> tuple[Tensor | None, ...]:
+        """The main cell's gate and cell norms as the fused kernels take them (or Nones)."""
+        return (
+            self.gate_norm_weight, self.gate_norm_bias, self.cell_norm_weight, self.cell_norm_bias,
+        )  # fmt: skip
+
+    def hyper_norms(self) -> tuple[Tensor, ...]:
+        return (
+            self.hyper_gate_norm_weight, self.hyper_gate_norm_bias, self.hyper_cell_norm_weight,
+            self.hyper_cell_norm_bias,
+        )  # fmt: skip
 
 
 class _StepCache(NamedTuple):
+    """What the eager backward keeps of a step."""
+
     recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4N_hyper + 4H)
     z: Tensor  # (B, 12 N_z)
     scalings: Tensor  # d_h, d_x = W_z z, (8, B, H)
-    hyper: object  # PointwiseCache of the hyper cell
-    main: object  # PointwiseCache of the main cell
+    hyper: PointwiseCache  # the hyper cell's gate values
+    main: PointwiseCache  # the main cell's gate values
+
+
+class _FusedCache(NamedTuple):
+    """What the fused backward kernels recompute a step from (instead of its gate values)."""
+
+    recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4N_hyper + 4H)
+    hyper_pre: Tensor  # the hyper cell's pre-activations, (4, B, N_hyper) gate-major view
+    z: Tensor  # (B, 12 N_z)
+    scalings: Tensor  # d_h, d_x, W_bz z_b = W_z z, (12, B, H)
 
 
 class Int8Weights(NamedTuple):
@@ -101,6 +158,24 @@ def linear_int8(x: Tensor, packed: object) -> Tensor:
     return out.to(x.dtype)
 
 
+def gate_major(rows: Tensor, units: int) -> Tensor:
+    """(B, 4N) gate blocks side by side -> a (4, B, N) view, gate first."""
+    return rows.view(rows.shape[0], NUM_GATES, units).transpose(0, 1)
+
+
+def _hyper_pre_activation(
+    x_hyper: Tensor, state: State, w: HyperWeights, products: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The step's matrix products before the cells: [hyper; main] recurrent products, the
+    main cell's W_h h_{t-1} as (4, B, H) and the hyper cell's pre-activation (4, B, N_hyper)."""
+    h, _, hyper_h, _ = state
+    hyper_split = NUM_GATES * hyper_h.shape[-1]
+    products = h @ w.recurrent.t() if products is None else products
+    h_part = gate_major(products[:, hyper_split:], h.shape[-1])
+    hyper_pre = torch.addmm(products[:, :hyper_split] + x_hyper, hyper_h, w.hyper_recurrent.t())
+    return products, h_part, gate_major(hyper_pre, hyper_h.shape[-1])
+
+
 def hyper_step(
     x_main: Tensor,
     x_hyper: Tensor,
@@ -108,165 +183,25 @@ def hyper_step(
     w: HyperWeights,
     g_mask: Tensor | None,
     hyper_g_mask: Tensor | None,
-    math: GateMath | None = None,
     products: Tensor | None = None,
+    gate_ops: GateMath = EAGER_GATE_MATH,
 ) -> tuple[State, _StepCache]:
-    """One step. x_main = W_x x_t as (4, B, H); x_hyper = hyper cell's x_t part, (B, 4N_hyper);
-    ``products`` = h_{t-1} @ w.recurrent.T when the caller computed it (int8 decoding)."""
-    h, c, hyper_h, hyper_c = state
-    batch, hidden = h.shape
-    hyper_units = hyper_h.shape[-1]
-    products = h @ w.recurrent.t() if products is None else products
-    split = NUM_GATES * hyper_units
-    h_part = products[:, split:].view(batch, NUM_GATES, hidden).transpose(0, 1)
-    hyper_pre = torch.addmm(products[:, :split] + x_hyper, hyper_h, w.hyper_recurrent.t())
-    hyper_pre = hyper_pre.view(batch, NUM_GATES, hyper_units).transpose(0, 1)
-    pointwise = lstm_pointwise if math is None else math.forward
-    hyper_h, hyper_c, hyper_cache = pointwise(
+    """One step, eager. x_main = W_x x_t as (4, B, H); x_hyper = hyper cell's x_t part,
+    (B, 4N_hyper); ``products`` = h_{t-1} @ w.recurrent.T when the caller computed it (int8)."""
+    _, c, _, hyper_c = state
+    batch = x_hyper.shape[0]
+    products, h_part, hyper_pre = _hyper_pre_activation(x_hyper, state, w, products)
+    hyper_h, hyper_c, hyper_cache = gate_ops.forward(
         hyper_pre, hyper_c, w.hyper_gate_norm, w.hyper_cell_norm, hyper_g_mask
     )
     z = torch.addmm(w.z_bias, hyper_h, w.z_weight.t())
-    z_size = w.d_weight.shape[1]
-    z_gates = z.view(batch, NUM_Z, z_size).transpose(0, 1)
-    scales = 2 * NUM_GATES  # d_h and d_x; the backward keeps them, not W_bz z_b
-    d = torch.bmm(z_gates[:scales], w.d_weight[:scales])
-    pre = torch.baddbmm(w.d_bias, z_gates[scales:], w.d_weight[scales:])
-    pre.addcmul_(d[:NUM_GATES], h_part).addcmul_(d[NUM_GATES:], x_main)
-    h, c, main_cache = pointwise(pre, c, w.gate_norm, w.cell_norm, g_mask)
+    z_gates = z.view(batch, NUM_Z, w.d_weight.shape[1]).transpose(0, 1)
+    # the backward keeps d_h and d_x; the dynamic bias W_bz z_b goes straight into the sum
+    d = torch.bmm(z_gates[: D_X.stop], w.d_weight[: D_X.stop])
+    pre = torch.baddbmm(w.d_bias, z_gates[D_B], w.d_weight[D_B])
+    pre.addcmul_(d[D_H], h_part).addcmul_(d[D_X], x_main)
+    h, c, main_cache = gate_ops.forward(pre, c, w.gate_norm, w.cell_norm, g_mask)
     return (h, c, hyper_h, hyper_c), _StepCache(products, z, d, hyper_cache, main_cache)
-
-
-class _HyperLSTMSequence(torch.autograd.Function):
-    """The whole recurrence with a hand-written backward (see the module docstring)."""
-
-    @staticmethod
-    def forward(
-        ctx, projected, h0, c0, hyper_h0, hyper_c0, recurrent, hyper_recurrent, z_weight,
-        z_bias, d_weight, d_bias, gate_w, gate_b, cell_w, cell_b, hyper_gate_w, hyper_gate_b,
-        hyper_cell_w, hyper_cell_b, g_mask, hyper_g_mask, lengths, compiled,
-    ):  # fmt: skip
-        math = gate_math(compiled)
-        weights = _weights(
-            recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias, gate_w, gate_b,
-            cell_w, cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w, hyper_cell_b,
-        )  # fmt: skip
-        steps, batch, _ = projected.shape
-        hidden = h0.shape[-1]
-        split = NUM_GATES * hidden
-        x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
-        x_hyper = projected[..., split:]
-        states = [[h0], [c0], [hyper_h0], [hyper_c0]]  # per step, from the initial state
-        caches = []
-        for t in range(steps):
-            state, cache = hyper_step(
-                x_main[t], x_hyper[t], tuple(s[t] for s in states), weights,
-                None if g_mask is None else g_mask[t],
-                None if hyper_g_mask is None else hyper_g_mask[t], math,
-            )  # fmt: skip
-            for history, value in zip(states, state, strict=True):
-                history.append(value)
-            caches.append(cache)
-        ends = SequenceEnds(lengths, steps, batch, h0.device)
-        hs, hyper_hs = torch.stack(states[0]), torch.stack(states[2])
-        ctx.caches, ctx.cells, ctx.hyper_cells = caches, states[1], states[3]
-        ctx.ends, ctx.compiled = ends, compiled
-        ctx.save_for_backward(
-            projected, hs, hyper_hs, recurrent, hyper_recurrent, z_weight, d_weight, gate_w,
-            cell_w, hyper_gate_w, hyper_cell_w, g_mask, hyper_g_mask,
-        )  # fmt: skip
-        ctx.set_materialize_grads(False)
-        final_c, final_hyper_c = (ends.gather(torch.stack(s[1:])) for s in (states[1], states[3]))
-        outputs = hs[1:]
-        return outputs, ends.gather(outputs), final_c, ends.gather(hyper_hs[1:]), final_hyper_c
-
-    @staticmethod
-    def backward(ctx, grad_outputs, *grad_finals):
-        (
-            projected, hs, hyper_hs, recurrent, hyper_recurrent, z_weight, d_weight, gate_w,
-            cell_w, hyper_gate_w, hyper_cell_w, g_mask, hyper_g_mask,
-        ) = ctx.saved_tensors  # fmt: skip
-        caches, cs, hyper_cs, ends = ctx.caches, ctx.cells, ctx.hyper_cells, ctx.ends
-        pointwise_backward = gate_math(ctx.compiled).backward
-        layer_norm = gate_w is not None
-        gate_norm = Affine(gate_w.unsqueeze(1), None) if layer_norm else None
-        cell_norm = Affine(cell_w, None) if layer_norm else None
-        hyper_gate_norm = Affine(hyper_gate_w.unsqueeze(1), None)
-        hyper_cell_norm = Affine(hyper_cell_w, None)
-        steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        hyper_units = hyper_hs.shape[-1]
-        split, hyper_split = NUM_GATES * hidden, NUM_GATES * hyper_units
-        z_size = d_weight.shape[1]
-        x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
-
-        # One buffer, columns [W_x x_t | hyper pre-activation | W_h h_{t-1}]: the gradients of
-        # the input-side projections and of the recurrent products share the hyper columns.
-        grads = hs.new_empty(steps, batch, 2 * split + hyper_split)
-        grad_projected = grads[..., : split + hyper_split]
-        grad_products = grads[..., split:]  # d (h_{t-1} @ recurrent.T)
-        d_weight_t = d_weight.transpose(1, 2).contiguous()
-        grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
-        grad_d_weight = d_weight.new_zeros(d_weight.shape)
-        grad_bias_rows = hs.new_zeros(NUM_GATES, batch, hidden)
-        grad_z = hs.new_empty(steps, batch, NUM_Z * z_size)
-        grad = [torch.zeros_like(s[0]) for s in (hs, hs, hyper_hs, hyper_hs)]
-        main_norm_grads = NormGrads(gate_norm, cell_norm, hs[0])
-        hyper_norm_grads = NormGrads(hyper_gate_norm, hyper_cell_norm, hyper_hs[0])
-
-        def gate_major(t_rows: Tensor, units: int) -> Tensor:
-            return t_rows.view(batch, NUM_GATES, units).transpose(0, 1)
-
-        for t in reversed(range(steps)):
-            if grad_outputs is not None:
-                grad[0] = grad[0] + grad_outputs[t]
-            grad = [ends.inject(t, g, final) for g, final in zip(grad, grad_finals, strict=True)]
-            cache = caches[t]
-            grad_pre, grad_c_prev = pointwise_backward(
-                grad[0], grad[1], cs[t], cache.main, gate_norm, cell_norm,
-                None if g_mask is None else g_mask[t], main_norm_grads,
-            )  # fmt: skip
-            h_part = gate_major(cache.recurrent_products[:, hyper_split:], hidden)
-            d = cache.scalings
-            torch.mul(grad_pre, h_part, out=grad_d[:4])
-            torch.mul(grad_pre, x_main[t], out=grad_d[4:8])
-            grad_d[8:] = grad_pre
-            grad_bias_rows += grad_pre
-            grad_d_weight.baddbmm_(cache.z.view(batch, NUM_Z, z_size).permute(1, 2, 0), grad_d)
-            torch.mul(grad_pre, d[:4], out=gate_major(grad_products[t, :, hyper_split:], hidden))
-            torch.mul(grad_pre, d[4:8], out=gate_major(grad_projected[t, :, :split], hidden))
-            grad_z_t = grad_z[t]
-            grad_z_t.view(batch, NUM_Z, z_size).transpose(0, 1).copy_(torch.bmm(grad_d, d_weight_t))
-            grad_hyper_h = torch.addmm(grad[2], grad_z_t, z_weight)
-            grad_hyper_pre, grad_hyper_c_prev = pointwise_backward(
-                grad_hyper_h, grad[3], hyper_cs[t], cache.hyper, hyper_gate_norm,
-                hyper_cell_norm, None if hyper_g_mask is None else hyper_g_mask[t],
-                hyper_norm_grads,
-            )  # fmt: skip
-            gate_major(grad_products[t, :, :hyper_split], hyper_units).copy_(grad_hyper_pre)
-            grad[0] = grad_products[t] @ recurrent
-            grad[1] = grad_c_prev
-            grad[2] = grad_products[t, :, :hyper_split] @ hyper_recurrent
-            grad[3] = grad_hyper_c_prev
-
-        grad_recurrent, grad_hyper_recurrent, grad_z_weight, grad_z_bias, grad_d_bias = (
-            _weight_gradients(grad_products, grad_z, grad_bias_rows, hs, hyper_hs, hyper_split)
-        )
-
-        grad_gate_w, grad_gate_b, grad_cell_w, grad_cell_b = main_norm_grads.totals()
-        grad_hyper_norms = hyper_norm_grads.totals()
-        return (
-            grad_projected, *grad, grad_recurrent, grad_hyper_recurrent, grad_z_weight,
-            grad_z_bias, grad_d_weight, grad_d_bias, grad_gate_w, grad_gate_b, grad_cell_w,
-            grad_cell_b, *grad_hyper_norms, None, None, None, None,
-        )  # fmt: skip
-
-
-class _FusedCache(NamedTuple):
-    """What the fused backward kernels recompute a step from (instead of its gate values)."""
-
-    recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4N_hyper + 4H)
-    hyper_pre: Tensor  # the hyper cell's pre-activations, (4, B, N_hyper) gate-major view
-    z: Tensor  # (B, 12 N_z)
-    scalings: Tensor  # d_h, d_x, W_bz z_b = W_z z, (12, B, H)
 
 
 def fused_step(
@@ -280,76 +215,151 @@ def fused_step(
 ) -> tuple[State, _FusedCache]:
     """``hyper_step`` with each cell's element-wise work in one fused kernel
     (``torch.ops.hypernmt``); the matrix products are the same BLAS calls."""
-    h, c, hyper_h, hyper_c = state
-    batch, hidden = h.shape
-    hyper_units = hyper_h.shape[-1]
-    products = h @ w.recurrent.t() if products is None else products
-    split = NUM_GATES * hyper_units
-    h_part = products[:, split:].view(batch, NUM_GATES, hidden).transpose(0, 1)
-    hyper_pre = torch.addmm(products[:, :split] + x_hyper, hyper_h, w.hyper_recurrent.t())
-    hyper_pre = hyper_pre.view(batch, NUM_GATES, hyper_units).transpose(0, 1)
-    hn, cn = w.hyper_gate_norm, w.hyper_cell_norm
+    _, c, _, hyper_c = state
+    batch = x_hyper.shape[0]
+    products, h_part, hyper_pre = _hyper_pre_activation(x_hyper, state, w, products)
     hyper_h, hyper_c = torch.ops.hypernmt.ln_lstm_cell(
-        hyper_pre, hyper_c, hn.weight.squeeze(1), hn.bias.squeeze(1), cn.weight, cn.bias,
-        hyper_g_mask,
-    )  # fmt: skip
+        hyper_pre, hyper_c, *w.hyper_norms(), hyper_g_mask
+    )
     z = torch.addmm(w.z_bias, hyper_h, w.z_weight.t())
-    z_gates = z.view(batch, NUM_Z, w.d_weight.shape[1]).transpose(0, 1)
-    d = torch.bmm(z_gates, w.d_weight)
+    d = torch.bmm(z.view(batch, NUM_Z, w.d_weight.shape[1]).transpose(0, 1), w.d_weight)
     h, c = torch.ops.hypernmt.hyper_main_cell(
-        h_part, x_main, d, w.d_bias.squeeze(1), c, *_main_norms(w), g_mask
+        h_part, x_main, d, w.d_bias.squeeze(1), c, *w.main_norms(), g_mask
     )
     return (h, c, hyper_h, hyper_c), _FusedCache(products, hyper_pre, z, d)
 
 
-def _main_norms(w: HyperWeights) -> tuple[Tensor | None, ...]:
-    """Gate gain and bias (4, H), cell gain and bias (H,) for the kernels, or four Nones."""
-    if w.gate_norm is None:
-        return (None, None, None, None)
-    return (
-        w.gate_norm.weight.squeeze(1), w.gate_norm.bias.squeeze(1), w.cell_norm.weight,
-        w.cell_norm.bias,
-    )  # fmt: skip
+class _StepGrads(NamedTuple):
+    """Where a step's backward writes: views into the sequence's gradient buffers."""
+
+    h_part: Tensor  # d (W_h h_{t-1}), (4, B, H)
+    x_main: Tensor  # d (W_x x_t), (4, B, H)
+    hyper_pre: Tensor  # d of the hyper cell's pre-activation, (4, B, N_hyper)
+    d: Tensor  # d (W_z z), (12, B, H)
+    bias_rows: Tensor  # d b_0 per batch row, accumulated over the steps, (4, B, H)
 
 
-class _FusedHyperLSTMSequence(torch.autograd.Function):
-    """``_HyperLSTMSequence`` with the fused per-step kernels: same inputs and outputs, same
-    large weight-gradient products after the backward loop, far less kept per step."""
+class _EagerPath:
+    """A step's element-wise work in PyTorch (the reference), optionally torch.compile'd."""
+
+    def __init__(self, compiled: bool) -> None:
+        self.gate_ops = gate_math(compiled)
+
+    def step(self, x_main, x_hyper, state, w, g_mask, hyper_g_mask):
+        return hyper_step(x_main, x_hyper, state, w, g_mask, hyper_g_mask, gate_ops=self.gate_ops)
+
+    def norm_accumulators(self, w: HyperWeights, h: Tensor, hyper_h: Tensor) -> tuple:
+        main = NormGrads(w.gate_norm, w.cell_norm, h)
+        return main, NormGrads(w.hyper_gate_norm, w.hyper_cell_norm, hyper_h)
+
+    def norm_totals(self, acc: NormGrads) -> tuple[Tensor | None, ...]:
+        return acc.totals()
+
+    def main_backward(
+        self, grad_h: Tensor, grad_c: Tensor, cache: _StepCache, h_part: Tensor,
+        x_main: Tensor, cell_prev: Tensor, w: HyperWeights, g_mask: Tensor | None,
+        acc: NormGrads, out: _StepGrads,
+    ) -> Tensor:  # fmt: skip
+        """Fills out.h_part, out.x_main, out.d, adds to out.bias_rows; returns d c_{t-1}."""
+        grad_pre, grad_c_prev = self.gate_ops.backward(
+            grad_h, grad_c, cell_prev, cache.main, w.gate_norm, w.cell_norm, g_mask, acc
+        )
+        torch.mul(grad_pre, h_part, out=out.d[D_H])
+        torch.mul(grad_pre, x_main, out=out.d[D_X])
+        out.d[D_B] = grad_pre
+        out.bias_rows.add_(grad_pre)
+        torch.mul(grad_pre, cache.scalings[D_H], out=out.h_part)
+        torch.mul(grad_pre, cache.scalings[D_X], out=out.x_main)
+        return grad_c_prev
+
+    def hyper_backward(
+        self, grad_h: Tensor, grad_c: Tensor, cache: _StepCache, cell_prev: Tensor,
+        w: HyperWeights, g_mask: Tensor | None, acc: NormGrads, out: _StepGrads,
+    ) -> Tensor:  # fmt: skip
+        grad_pre, grad_c_prev = self.gate_ops.backward(
+            grad_h, grad_c, cell_prev, cache.hyper, w.hyper_gate_norm, w.hyper_cell_norm,
+            g_mask, acc,
+        )  # fmt: skip
+        out.hyper_pre.copy_(grad_pre)
+        return grad_c_prev
+
+
+class _FusedPath:
+    """A step's element-wise work in the fused C++ kernels; the backward kernels recompute
+    the gates from the step's inputs and accumulate the norm gradients per batch row."""
+
+    step = staticmethod(fused_step)
+
+    def norm_accumulators(self, w: HyperWeights, h: Tensor, hyper_h: Tensor) -> tuple:
+        main = h.new_zeros(kernels.NORM_ROWS, *h.shape) if w.gate_norm_weight is not None else None
+        return main, hyper_h.new_zeros(kernels.NORM_ROWS, *hyper_h.shape)
+
+    def norm_totals(self, acc: Tensor | None) -> tuple[Tensor | None, ...]:
+        return (None,) * 4 if acc is None else kernels.norm_totals(acc)
+
+    def main_backward(
+        self, grad_h: Tensor, grad_c: Tensor, cache: _FusedCache, h_part: Tensor,
+        x_main: Tensor, cell_prev: Tensor, w: HyperWeights, g_mask: Tensor | None,
+        acc: Tensor | None, out: _StepGrads,
+    ) -> Tensor:  # fmt: skip
+        grad_c_prev = torch.empty_like(grad_c)
+        torch.ops.hypernmt.hyper_main_cell_backward(
+            grad_h, grad_c, h_part, x_main, cache.scalings, w.d_bias.squeeze(1), cell_prev,
+            *w.main_norms(), g_mask, out.h_part, out.x_main, out.d, grad_c_prev,
+            cell_prev.new_empty(0) if acc is None else acc, out.bias_rows,
+        )  # fmt: skip
+        return grad_c_prev
+
+    def hyper_backward(
+        self, grad_h: Tensor, grad_c: Tensor, cache: _FusedCache, cell_prev: Tensor,
+        w: HyperWeights, g_mask: Tensor | None, acc: Tensor, out: _StepGrads,
+    ) -> Tensor:  # fmt: skip
+        grad_c_prev = torch.empty_like(grad_c)
+        torch.ops.hypernmt.ln_lstm_cell_backward(
+            grad_h, grad_c, cache.hyper_pre, cell_prev, *w.hyper_norms(), g_mask, out.hyper_pre,
+            grad_c_prev, acc,
+        )  # fmt: skip
+        return grad_c_prev
+
+
+def _at(mask: Tensor | None, t: int) -> Tensor | None:
+    return None if mask is None else mask[t]
+
+
+def _split_projected(projected: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    """(T, B, 4H + 4N_hyper) input projections -> W_x x as (T, 4, B, H), the hyper part."""
+    steps, batch, _ = projected.shape
+    split = NUM_GATES * hidden
+    x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
+    return x_main, projected[..., split:]
+
+
+class _HyperLSTMSequence(torch.autograd.Function):
+    """The whole recurrence with a hand-written backward (see the module docstring); ``path``
+    (``_EagerPath`` or ``_FusedPath``) does each step's element-wise work."""
 
     @staticmethod
     def forward(
-        ctx, projected, h0, c0, hyper_h0, hyper_c0, recurrent, hyper_recurrent, z_weight,
-        z_bias, d_weight, d_bias, gate_w, gate_b, cell_w, cell_b, hyper_gate_w, hyper_gate_b,
-        hyper_cell_w, hyper_cell_b, g_mask, hyper_g_mask, lengths,
-    ):  # fmt: skip
-        weights = _weights(
-            recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias, gate_w, gate_b,
-            cell_w, cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w, hyper_cell_b,
-        )  # fmt: skip
+        ctx, path, projected, lengths, g_mask, hyper_g_mask, h0, c0, hyper_h0, hyper_c0, *weights
+    ):
+        w = HyperWeights(*weights)
         steps, batch, _ = projected.shape
-        hidden = h0.shape[-1]
-        split = NUM_GATES * hidden
-        x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
-        x_hyper = projected[..., split:]
-        states = [[h0], [c0], [hyper_h0], [hyper_c0]]
+        x_main, x_hyper = _split_projected(projected, h0.shape[-1])
+        states = [[h0], [c0], [hyper_h0], [hyper_c0]]  # per step, from the initial state
         caches = []
         for t in range(steps):
-            state, cache = fused_step(
-                x_main[t], x_hyper[t], tuple(s[t] for s in states), weights,
-                None if g_mask is None else g_mask[t],
-                None if hyper_g_mask is None else hyper_g_mask[t],
+            state, cache = path.step(
+                x_main[t], x_hyper[t], tuple(s[t] for s in states), w, _at(g_mask, t),
+                _at(hyper_g_mask, t),
             )  # fmt: skip
             for history, value in zip(states, state, strict=True):
                 history.append(value)
             caches.append(cache)
         ends = SequenceEnds(lengths, steps, batch, h0.device)
         hs, hyper_hs = torch.stack(states[0]), torch.stack(states[2])
-        ctx.caches, ctx.cells, ctx.hyper_cells, ctx.ends = caches, states[1], states[3], ends
-        ctx.save_for_backward(
-            projected, hs, hyper_hs, recurrent, hyper_recurrent, z_weight, d_weight, d_bias,
-            gate_w, gate_b, cell_w, cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w,
-            hyper_cell_b, g_mask, hyper_g_mask,
-        )  # fmt: skip
+        ctx.path, ctx.caches, ctx.ends = path, caches, ends
+        ctx.cells, ctx.hyper_cells = states[1], states[3]
+        ctx.save_for_backward(projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights)
         ctx.set_materialize_grads(False)
         final_c, final_hyper_c = (ends.gather(torch.stack(s[1:])) for s in (states[1], states[3]))
         outputs = hs[1:]
@@ -357,86 +367,68 @@ class _FusedHyperLSTMSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_outputs, *grad_finals):
-        (
-            projected, hs, hyper_hs, recurrent, hyper_recurrent, z_weight, d_weight, d_bias,
-            gate_w, gate_b, cell_w, cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w,
-            hyper_cell_b, g_mask, hyper_g_mask,
-        ) = ctx.saved_tensors  # fmt: skip
-        caches, cs, hyper_cs, ends = ctx.caches, ctx.cells, ctx.hyper_cells, ctx.ends
-        ops = torch.ops.hypernmt
-        layer_norm = gate_w is not None
-        main_norms = (gate_w, gate_b, cell_w, cell_b)
-        hyper_norms = (hyper_gate_w, hyper_gate_b, hyper_cell_w, hyper_cell_b)
-        bias = d_bias.squeeze(1)
+        projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights = ctx.saved_tensors
+        w = HyperWeights(*weights)
+        path, caches, ends = ctx.path, ctx.caches, ctx.ends
+        cs, hyper_cs = ctx.cells, ctx.hyper_cells
         steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         hyper_units = hyper_hs.shape[-1]
         split, hyper_split = NUM_GATES * hidden, NUM_GATES * hyper_units
-        z_size = d_weight.shape[1]
-        x_main = projected[..., :split].view(steps, batch, NUM_GATES, hidden).transpose(1, 2)
+        z_size = w.d_weight.shape[1]
+        x_main, _ = _split_projected(projected, hidden)
 
-        # columns [W_x x_t | hyper pre-activation | W_h h_{t-1}], as in _HyperLSTMSequence
+        # One buffer, columns [W_x x_t | hyper pre-activation | W_h h_{t-1}]: the gradients of
+        # the input-side projections and of the recurrent products share the hyper columns.
         grads = hs.new_empty(steps, batch, 2 * split + hyper_split)
         grad_projected = grads[..., : split + hyper_split]
-        grad_products = grads[..., split:]
-        d_weight_t = d_weight.transpose(1, 2).contiguous()
-        grad_d = hs.new_empty(NUM_Z, batch, hidden)
-        grad_d_weight = d_weight.new_zeros(d_weight.shape)
+        grad_products = grads[..., split:]  # d (h_{t-1} @ recurrent.T)
+        d_weight_t = w.d_weight.transpose(1, 2).contiguous()
+        grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
+        grad_d_weight = w.d_weight.new_zeros(w.d_weight.shape)
         grad_bias_rows = hs.new_zeros(NUM_GATES, batch, hidden)
         grad_z = hs.new_empty(steps, batch, NUM_Z * z_size)
-        rows = kernels.NORM_ROWS
-        main_acc = hs.new_zeros(rows, batch, hidden) if layer_norm else hs.new_empty(0)
-        hyper_acc = hs.new_zeros(rows, batch, hyper_units)
+        main_acc, hyper_acc = path.norm_accumulators(w, hs[0], hyper_hs[0])
         grad = [torch.zeros_like(s[0]) for s in (hs, hs, hyper_hs, hyper_hs)]
-
-        def gate_major(t_rows: Tensor, units: int) -> Tensor:
-            return t_rows.view(batch, NUM_GATES, units).transpose(0, 1)
 
         for t in reversed(range(steps)):
             if grad_outputs is not None:
                 grad[0] = grad[0] + grad_outputs[t]
             grad = [ends.inject(t, g, final) for g, final in zip(grad, grad_finals, strict=True)]
             cache = caches[t]
-            grad_c_prev, grad_hyper_c_prev = torch.empty_like(grad[1]), torch.empty_like(grad[3])
-            ops.hyper_main_cell_backward(
-                grad[0], grad[1], gate_major(cache.recurrent_products[:, hyper_split:], hidden),
-                x_main[t], cache.scalings, bias, cs[t], *main_norms,
-                None if g_mask is None else g_mask[t],
+            out = _StepGrads(
                 gate_major(grad_products[t, :, hyper_split:], hidden),
-                gate_major(grad_projected[t, :, :split], hidden), grad_d, grad_c_prev,
-                main_acc, grad_bias_rows,
+                gate_major(grad_projected[t, :, :split], hidden),
+                gate_major(grad_products[t, :, :hyper_split], hyper_units), grad_d, grad_bias_rows,
             )  # fmt: skip
+            h_part = gate_major(cache.recurrent_products[:, hyper_split:], hidden)
+            grad_c_prev = path.main_backward(
+                grad[0], grad[1], cache, h_part, x_main[t], cs[t], w, _at(g_mask, t), main_acc, out
+            )
             grad_d_weight.baddbmm_(cache.z.view(batch, NUM_Z, z_size).permute(1, 2, 0), grad_d)
             grad_z_t = grad_z[t]
             grad_z_t.view(batch, NUM_Z, z_size).transpose(0, 1).copy_(torch.bmm(grad_d, d_weight_t))
-            grad_hyper_h = torch.addmm(grad[2], grad_z_t, z_weight)
-            ops.ln_lstm_cell_backward(
-                grad_hyper_h, grad[3], cache.hyper_pre, hyper_cs[t], *hyper_norms,
-                None if hyper_g_mask is None else hyper_g_mask[t],
-                gate_major(grad_products[t, :, :hyper_split], hyper_units), grad_hyper_c_prev,
-                hyper_acc,
-            )  # fmt: skip
-            grad[0] = grad_products[t] @ recurrent
-            grad[1] = grad_c_prev
-            grad[2] = grad_products[t, :, :hyper_split] @ hyper_recurrent
-            grad[3] = grad_hyper_c_prev
+            grad_hyper_h = torch.addmm(grad[2], grad_z_t, w.z_weight)
+            grad_hyper_c_prev = path.hyper_backward(
+                grad_hyper_h, grad[3], cache, hyper_cs[t], w, _at(hyper_g_mask, t), hyper_acc, out
+            )
+            grad = [
+                grad_products[t] @ w.recurrent, grad_c_prev,
+                grad_products[t, :, :hyper_split] @ w.hyper_recurrent, grad_hyper_c_prev,
+            ]  # fmt: skip
 
-        grad_recurrent, grad_hyper_recurrent, grad_z_weight, grad_z_bias, grad_d_bias = (
-            _weight_gradients(grad_products, grad_z, grad_bias_rows, hs, hyper_hs, hyper_split)
-        )
-        grad_main_norms = kernels.norm_totals(main_acc) if layer_norm else (None,) * 4
-        return (
-            grad_projected, *grad, grad_recurrent, grad_hyper_recurrent, grad_z_weight,
-            grad_z_bias, grad_d_weight, grad_d_bias, *grad_main_norms,
-            *kernels.norm_totals(hyper_acc), None, None, None,
+        grad_weights = HyperWeights(
+            *_weight_gradients(grad_products, grad_z, hs, hyper_hs, hyper_split),
+            grad_d_weight, grad_bias_rows.sum(1).unsqueeze(1),
+            *path.norm_totals(main_acc), *path.norm_totals(hyper_acc),
         )  # fmt: skip
+        return (None, grad_projected, None, None, None, *grad, *grad_weights)
 
 
 def _weight_gradients(
-    grad_products: Tensor, grad_z: Tensor, grad_bias_rows: Tensor, hs: Tensor, hyper_hs: Tensor,
-    hyper_split: int,
-) -> tuple[Tensor, ...]:  # fmt: skip
+    grad_products: Tensor, grad_z: Tensor, hs: Tensor, hyper_hs: Tensor, hyper_split: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The weight gradients of a whole sequence as a few large products over all its steps:
-    recurrent, hyper recurrent, z weight and bias, and the dynamic-bias rows' d bias.
+    recurrent, hyper recurrent, z weight and z bias.
 
     grad_products (T, B, 4N_hyper + 4H) and grad_z (T, B, *) hold every step's gradients;
     hs (T+1, B, H) and hyper_hs (T+1, B, N_hyper) every state, the initial one first.
@@ -450,24 +442,7 @@ def _weight_gradients(
     )
     flat_z = grad_z.view(rows, -1)
     grad_z_weight = flat_z.t() @ hyper_hs[1:].reshape(rows, hyper_units)
-    return (
-        grad_recurrent, grad_hyper_recurrent, grad_z_weight, flat_z.sum(0),
-        grad_bias_rows.sum(1).unsqueeze(1),
-    )  # fmt: skip
-
-
-def _weights(
-    recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias, gate_w, gate_b, cell_w,
-    cell_b, hyper_gate_w, hyper_gate_b, hyper_cell_w, hyper_cell_b,
-) -> HyperWeights:  # fmt: skip
-    layer_norm = gate_w is not None
-    return HyperWeights(
-        recurrent, hyper_recurrent, z_weight, z_bias, d_weight, d_bias,
-        Affine(gate_w.unsqueeze(1), gate_b.unsqueeze(1)) if layer_norm else None,
-        Affine(cell_w, cell_b) if layer_norm else None,
-        Affine(hyper_gate_w.unsqueeze(1), hyper_gate_b.unsqueeze(1)),
-        Affine(hyper_cell_w, hyper_cell_b),
-    )  # fmt: skip
+    return grad_recurrent, grad_hyper_recurrent, grad_z_weight, flat_z.sum(0)
 
 
 class HyperLSTMCell(nn.Module):
@@ -528,14 +503,13 @@ class HyperLSTMCell(nn.Module):
         shift[FORGET_GATE] = self.forget_bias
         return shift
 
-    def _parameters_for_recurrence(self) -> tuple[Tensor, ...]:
-        """Parameters in ``_HyperLSTMSequence``'s order (combined where the loop wants them)."""
+    def recurrence_weights(self) -> HyperWeights:
+        """The parameters as the recurrence uses them (combined where the loop wants them)."""
         hidden = self.hidden_size
-        hyper_h_weight = self.hyper.input_weight[:, :hidden]
-        recurrent = torch.cat([hyper_h_weight, self.recurrent_weight])
+        hyper = self.hyper
+        recurrent = torch.cat([hyper.input_weight[:, :hidden], self.recurrent_weight])
         z_bias = torch.cat([self.z_bias, self.z_bias.new_zeros(NUM_GATES * self.embedding_size)])
         bias = self.bias if self.layer_norm else self.bias + self._forget_shift()
-        d_bias = bias.unsqueeze(1)
         if self.layer_norm:
             norms = (
                 self.gate_norm_weight, self.gate_norm_bias + self._forget_shift(),
@@ -543,11 +517,10 @@ class HyperLSTMCell(nn.Module):
             )  # fmt: skip
         else:
             norms = (None, None, None, None)
-        hyper = self.hyper
-        return (
-            recurrent, hyper.recurrent_weight, self.z_weight, z_bias, self.d_weight, d_bias,
-            *norms, hyper.gate_norm_weight, hyper.gate_bias(), hyper.cell_norm_weight,
-            hyper.cell_norm_bias,
+        return HyperWeights(
+            recurrent, hyper.recurrent_weight, self.z_weight, z_bias, self.d_weight,
+            bias.unsqueeze(1), *norms, hyper.gate_norm_weight, hyper.gate_bias(),
+            hyper.cell_norm_weight, hyper.cell_norm_bias,
         )  # fmt: skip
 
     def _input_weight(self) -> Tensor:
@@ -588,15 +561,10 @@ class HyperLSTMCell(nn.Module):
         batch, steps = inputs.shape[:2]
         projected = F.linear(inputs.transpose(0, 1), self._input_weight())
         g_mask, hyper_g_mask = self._masks((steps, batch), inputs)
-        parameters = self._parameters_for_recurrence()
-        if self.uses_fused_kernels(inputs):
-            outputs, *final = _FusedHyperLSTMSequence.apply(
-                projected, *state, *parameters, g_mask, hyper_g_mask, lengths
-            )
-        else:
-            outputs, *final = _HyperLSTMSequence.apply(
-                projected, *state, *parameters, g_mask, hyper_g_mask, lengths, self.compile
-            )
+        path = _FusedPath() if self.uses_fused_kernels(inputs) else _EagerPath(self.compile)
+        outputs, *final = _HyperLSTMSequence.apply(
+            path, projected, lengths, g_mask, hyper_g_mask, *state, *self.recurrence_weights()
+        )
         return batch_first_outputs(outputs, lengths), tuple(final)
 
     def _step_weights(self) -> tuple[Tensor, HyperWeights]:
@@ -608,10 +576,10 @@ class HyperLSTMCell(nn.Module):
         tensor's version.
         """
         if torch.is_grad_enabled():
-            return self._input_weight(), _weights(*self._parameters_for_recurrence())
+            return self._input_weight(), self.recurrence_weights()
         versions = self._parameter_versions()
         if self._cached_step_weights is None or self._cached_step_weights[0] != versions:
-            weights = (self._input_weight(), _weights(*self._parameters_for_recurrence()))
+            weights = (self._input_weight(), self.recurrence_weights())
             self._cached_step_weights = (versions, weights)
         return self._cached_step_weights[1]
 
