@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.output import atomic_directory
-from data_prep.reading import ENCODING_ERRORS, read_lines, sha256_file
+from data_prep.reading import ENCODING_ERRORS, read_lines
 from nmt.errors import UserError
+from nmt.io import atomic_directory, sha256_file
 from nmt.models.char_lm import CharVocabulary
 from nmt.special_tokens import RESERVED_PIECES, UNK_ID
 

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.output import atomic_directory
-from data_prep.reading import sha256_file
 from nmt.errors import UserError
+from nmt.io import atomic_directory, sha256_file
 
 DEFAULT_SOURCE = Path("../shared/data/mnist")
 DEFAULT_OUT = Path("data/mnist")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -17,12 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from tqdm import tqdm
-
 from nmt.errors import UserError
 
-HASH_CHUNK_BYTES = 1 << 20
-HASH_PROGRESS_BYTES = 256 << 20  # show a progress bar when hashing files larger than this
 ENCODING_ERRORS = ("strict", "replace")
 
 GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # not gzip, truncated, corrupt
@@ -38,27 +33,6 @@ def check_file(path: Path) -> None:
         raise UserError(f"{path}: file is empty")
     if not os.access(path, os.R_OK):
         raise UserError(f"{path}: not readable (permission denied)")
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of the file's bytes as stored (compressed files are hashed compressed)."""
-    check_file(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with (
-        path.open("rb") as handle,
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"sha256 {path.name}",
-            disable=size < HASH_PROGRESS_BYTES,
-        ) as progress,
-    ):
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            progress.update(len(chunk))
-    return digest.hexdigest()
 
 
 def _open_binary(path: Path) -> IO[bytes]:

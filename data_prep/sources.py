@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_prep.reading import Pair, read_parallel, read_table, record_pair, sha256_file
+from data_prep.reading import Pair, read_parallel, read_table, record_pair
 from nmt.errors import UserError
+from nmt.io import sha256_file
 
 if TYPE_CHECKING:
     import datasets

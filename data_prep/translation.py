@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from data_prep.arguments import ArgumentParser
 from data_prep.cleaning import CleaningConfig, clean_split
 from data_prep.encoding import encode_split
-from data_prep.output import atomic_directory
 from data_prep.reading import ENCODING_ERRORS
 from data_prep.sources import CORPORA, TRAIN_SPLIT, SplitSource, resolve
 from data_prep.wordpiece_training import MODEL_TYPES, WordpieceConfig, train_wordpieces
 from nmt.corpus import MANIFEST_NAME, WORDPIECES_NAME, PreparedCorpus
 from nmt.errors import UserError
+from nmt.io import atomic_directory
 from nmt.versions import package_versions
 from nmt.wordpieces import Wordpieces
 

@@ -12,13 +12,10 @@ nor pickle. torch is imported only when a model is built, so checking a bundle s
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nmt.errors import UserError
+from nmt.io import atomic_directory, sha256_file
 from nmt.versions import package_versions
 
 if TYPE_CHECKING:
@@ -46,7 +44,6 @@ VOCABULARY = "vocabulary.json"
 DECODING = "decoding.json"
 QUANTIZATIONS = ("int8",)
 PACKAGES = ("hypernmt", "torch", "safetensors", "sentencepiece", "numpy")
-_HASH_CHUNK = 1 << 20
 # what a bundle's decoding.json may hold: (type, largest magnitude)
 DECODING_BOUNDS: dict[str, tuple[type, float]] = {
     "beam_size": (int, 256),
@@ -126,9 +123,7 @@ def write_bundle(
     out = Path(out_dir)
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new bundle directory or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         _save_weights(model, tmp / WEIGHTS, quantize)
         if WORDPIECES in spec.files:
@@ -157,11 +152,6 @@ def write_bundle(
             "files": {name: _file_entry(tmp / name) for name in sorted(spec.files)},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _make_readable(tmp)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -195,7 +185,7 @@ def export_checkpoint(
         vocabulary=metadata.get("vocabulary"),
         decoding=decoding,
         quantize=quantize,
-        source={"checkpoint": path.name, "sha256": _sha256(path)},
+        source={"checkpoint": path.name, "sha256": sha256_file(path)},
     )
 
 
@@ -220,7 +210,7 @@ def build_model(task: Any, config_data: Any, where: str) -> tuple[nn.Module, Any
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The bundle's manifest, after checking that every file is present and unchanged.
 
-    Light on purpose (json and hashlib only): the server checks its bundles with it before it
+    Light on purpose (json and nmt.io only): the server checks its bundles with it before it
     starts any worker.
     """
     root = Path(directory)
@@ -260,7 +250,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             raise UserError(f"{manifest_path}: unexpected entry {name!r} in field 'files'")
         if not path.is_file():
             raise UserError(f"{path}: missing; the bundle is incomplete")
-        if _sha256(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             raise UserError(
                 f"{path}: sha256 does not match the manifest; the bundle was modified or damaged"
             )
@@ -465,22 +455,5 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_entry(path: Path) -> dict[str, Any]:
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
-
-
-def _make_readable(directory: Path) -> None:
-    """Give the bundle the usual permissions (mkdtemp makes it private to its owner)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}

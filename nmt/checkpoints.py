@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from nmt.errors import UserError
+from nmt.io import atomic_file
 from nmt.wordpieces import Wordpieces
 
 CHECKPOINT_KEY = "hypernmt"
@@ -59,6 +60,12 @@ def seal(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint`` with its checksum entry set (in place); call last before saving."""
     checkpoint[CHECKSUM_KEY] = {"algorithm": CHECKSUM_ALGORITHM, "digest": checksum(checkpoint)}
     return checkpoint
+
+
+def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Seal ``checkpoint`` and write it to ``path`` atomically (never a partial file there)."""
+    with atomic_file(path) as file:
+        torch.save(seal(checkpoint), file)
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

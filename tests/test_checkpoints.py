@@ -29,7 +29,7 @@ from nmt.cli import main as nmt_main
 from nmt.errors import UserError
 from nmt.models.char_lm import CharLMConfig
 from nmt.models.convnet import ConvNetConfig
-from nmt.training.checkpoint_io import AtomicCheckpointIO, remove_stale_partials
+from nmt.training.checkpoint_io import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY = REPO / "tests" / "data" / "translation-before-checksums.ckpt"
@@ -134,13 +134,6 @@ def test_training_saves_are_sealed_and_verified(tmp_path, legacy) -> None:
     torch.save(stored, path)
     with pytest.raises(UserError, match="checksum does not match"):
         io.load_checkpoint(path)
-
-
-def test_stale_partial_files_are_removed(tmp_path) -> None:
-    (tmp_path / ".last.ckpt.abc123.partial").write_bytes(b"half a checkpoint")
-    (tmp_path / "best-step=3.ckpt").write_bytes(b"kept")
-    assert [p.name for p in remove_stale_partials(tmp_path)] == [".last.ckpt.abc123.partial"]
-    assert [p.name for p in tmp_path.iterdir()] == ["best-step=3.ckpt"]
 
 
 @pytest.mark.parametrize(

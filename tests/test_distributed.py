@@ -30,7 +30,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from nmt.training.strategies import RETIRED_SUFFIX, STAGING_SUFFIX, replace_directory
+from nmt.io import RETIRED_SUFFIX, replace_directory
+from nmt.training.strategies import STAGING_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -401,7 +402,12 @@ def _kill_while_saving(tmp_path: Path, imports: str, save: str) -> Path:
 
 def test_atomic_save_killed_midway_keeps_the_previous_checkpoint(tmp_path):
     target = _kill_while_saving(
-        tmp_path, "from nmt.training.checkpoint_io import atomic_torch_save", "atomic_torch_save"
+        tmp_path,
+        "from nmt.io import atomic_file\n"
+        "def atomic_save(obj, path):\n"
+        "    with atomic_file(path) as file:\n"
+        "        torch.save(obj, file)",
+        "atomic_save",
     )
     checkpoint = torch.load(target, weights_only=True)
     assert checkpoint["step"] == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoints import CHECKPOINT_KEY, read_checkpoint, seal
+from nmt.checkpoints import CHECKPOINT_KEY, read_checkpoint, save_checkpoint_file
 from nmt.errors import UserError
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -121,9 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     averaged = average_checkpoints(args.checkpoints, args.last)
-    from nmt.training.checkpoint_io import atomic_torch_save
-
-    atomic_torch_save(seal(averaged), args.out)
+    save_checkpoint_file(averaged, args.out)
     sources = averaged[CHECKPOINT_KEY]["averaged_from"]
     steps = ", ".join(str(entry["global_step"]) for entry in sources)
     print(f"averaged {len(sources)} checkpoints (steps {steps}) into {args.out}")

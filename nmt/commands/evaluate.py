@@ -29,9 +29,9 @@ from nmt.commands.translate import (
     set_threads,
     translate_lines,
     translator_for,
-    write_text_atomically,
 )
 from nmt.errors import UserError
+from nmt.io import write_text
 
 DEFAULT_SPLIT = "test_2016_flickr"
 DEFAULT_OUT_DIR = Path("evaluation")
@@ -165,8 +165,8 @@ def main(argv: list[str]) -> int:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {name: metadata.version(name) for name in ("hypernmt", "torch", "sacrebleu")},
     }
-    write_text_atomically(hypothesis_path, "".join(f"{line}\n" for line in hypotheses))
-    write_text_atomically(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text(hypothesis_path, "".join(f"{line}\n" for line in hypotheses))
+    write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
     print(scores["bleu"]["summary"])
     print(scores["chrf"]["summary"])

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nmt.errors import UserError
+from nmt.io import sha256_file, write_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -77,14 +75,6 @@ def load_model_source(args: argparse.Namespace) -> ModelSource:
     model, wordpieces = load_translation(args.checkpoint)
     description = {"checkpoint": str(args.checkpoint), "sha256": sha256_file(args.checkpoint)}
     return ModelSource(model.eval(), wordpieces, description)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------- decoding options
@@ -188,26 +178,6 @@ def read_text(path: str | Path) -> str:
         raise UserError(
             f"{name}:{line}: not UTF-8 ({error.reason} at byte {error.start})"
         ) from None
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except OSError as error:  # a parent that is a file, no permission, ...
-        raise UserError(f"{path}: cannot write there ({error.strerror or error})") from None
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except IsADirectoryError:
-        Path(temporary).unlink(missing_ok=True)
-        raise UserError(f"{path}: is a directory; name an output file") from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------- translating
@@ -321,5 +291,5 @@ def main(argv: list[str]) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        write_text_atomically(args.output, text)
+        write_text(args.output, text)
     return 0

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from torch import Tensor
 
 from nmt.checkpoints import CHECKPOINT_KEY, model_state_dict, read_checkpoint
 from nmt.errors import UserError
+from nmt.io import atomic_file
 from nmt.models.char_lm import CharLM, CharLMConfig, CharVocabulary
 from nmt.models.convnet import ConvNet, ConvNetConfig
 
@@ -42,17 +41,10 @@ def load_task_model(path: str | Path, task: str) -> tuple[torch.nn.Module, dict]
 
 
 def save_png(figure: Figure, out: str | Path) -> Path:
-    """Write ``figure`` to ``out`` through a temporary file and a rename."""
+    """Write ``figure`` to ``out`` atomically."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(handle)
-    try:
-        figure.savefig(tmp, dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(out) as file:
+        figure.savefig(file, format="png", dpi=DPI, bbox_inches="tight")
     return out
 
 

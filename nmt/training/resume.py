@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nmt.checkpoints import load_checkpoint_file
 from nmt.errors import UserError
-from nmt.training.checkpoint_io import remove_stale_partials
+from nmt.io import remove_stale_partials
 
 logger = logging.getLogger(__name__)
 

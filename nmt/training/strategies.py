@@ -35,10 +35,11 @@ from lightning.pytorch.strategies.deepspeed import _validate_device_index_select
 from torch.nn import Module
 from torch.optim import Optimizer
 
-# Suffixes of the sibling directories used while a checkpoint directory is replaced. Neither ends
-# in ".ckpt", so Lightning's search for the last checkpoint never picks one up.
+from nmt.io import replace_directory
+
+# The sibling directory DeepSpeed writes a checkpoint into before it replaces the previous one;
+# not ".ckpt", so Lightning's search for the last checkpoint never picks it up.
 STAGING_SUFFIX = ".partial"
-RETIRED_SUFFIX = ".retired"
 
 
 class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
@@ -143,24 +144,6 @@ class DeepSpeedAnyDeviceStrategy(DeepSpeedStrategy):
                 override=True,
                 stage=stage,
             )
-
-
-def replace_directory(new: Path, final: Path) -> None:
-    """Put directory ``new`` at ``final``, replacing what was there.
-
-    Two renames within one directory: if the process dies between them, the previous checkpoint
-    survives intact as ``<final>.retired``; otherwise ``final`` is always a complete directory.
-    """
-    retired = final.with_name(final.name + RETIRED_SUFFIX)
-    if retired.exists():
-        shutil.rmtree(retired)
-    if final.is_dir():
-        os.replace(final, retired)
-    elif final.exists():
-        final.unlink()  # a single-file checkpoint of the same name from another strategy
-    os.replace(new, final)
-    if retired.exists():
-        shutil.rmtree(retired)
 
 
 DeepSpeedAnyDeviceStrategy.register_strategies(StrategyRegistry)
