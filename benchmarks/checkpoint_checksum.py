@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from nmt.checkpoints import checksum, load_checkpoint_file, seal
-from nmt.models.translation import TranslationConfig, TranslationModel
+from nmt.models.translation import TranslationConfig
+from nmt.modules.recurrent import RecurrentConfig, TranslationModel
 
 
 def checkpoint(config: TranslationConfig) -> dict:
@@ -50,7 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = TranslationConfig(
-        vocab_size=args.vocab_size, embedding_size=args.hidden_size, hidden_size=args.hidden_size
+        vocab_size=args.vocab_size,
+        embedding_size=args.hidden_size,
+        recurrent=RecurrentConfig(hidden_size=args.hidden_size),
     )
     data = checkpoint(config)
     with tempfile.TemporaryDirectory() as directory:

@@ -26,9 +26,8 @@ EMBEDDING, VOCAB, HYPER, N_Z = 256, 8000, 64, 16
 def scales(cell: str, scale_embeddings: bool, batch: int, length: int) -> dict[str, float]:
     torch.manual_seed(0)
     config = TranslationConfig(
-        vocab_size=VOCAB, embedding_size=EMBEDDING, hidden_size=CELLS[cell],
-        scale_embeddings=scale_embeddings,
-        recurrent=RecurrentConfig(cell=cell, hyper_size=HYPER, embedding_size=N_Z),
+        vocab_size=VOCAB, embedding_size=EMBEDDING, scale_embeddings=scale_embeddings,
+        recurrent=RecurrentConfig(cell=cell, hidden_size=CELLS[cell], hyper_size=HYPER, n_z=N_Z),
     )  # fmt: skip
     model = TranslationModel(config)
     src = torch.randint(4, VOCAB, (batch, length))

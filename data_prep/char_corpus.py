@@ -20,7 +20,6 @@ Output directory (written to a temporary directory, then renamed):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 from data_prep.reading import ENCODING_ERRORS, read_lines
 from nmt.errors import UserError
 from nmt.io import atomic_directory, sha256_file
+from nmt.manifest import new_manifest, write_manifest
 from nmt.models.char_lm import CharVocabulary
 from nmt.special_tokens import RESERVED_PIECES, UNK_ID
 
@@ -39,6 +39,7 @@ SPLITS = ("train", "valid", "test")
 PTB_FILE = "ptb.char.{split}.txt"
 DEFAULT_FRACTIONS = (0.9, 0.05, 0.05)
 END_OF_LINE = "\n"
+PACKAGES = ("hypernmt", "numpy")  # versions recorded in the manifest
 
 
 def read_text(path: Path, errors: str = "strict") -> str:
@@ -111,7 +112,7 @@ def prepare(
             ids, unknown = encode(splits[split], vocabulary)
             np.save(tmp / f"{split}.npy", ids)
             manifest["splits"][split] = {"symbols": len(ids), "unknown": unknown}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     counts = ", ".join(f"{s} {v['symbols']:,}" for s, v in manifest["splits"].items())
     reserved = len(RESERVED_PIECES)
     log(f"{len(vocabulary) - reserved} symbols (+{reserved} reserved) -> {out}: {counts}")
@@ -120,12 +121,13 @@ def prepare(
 
 def prepare_ptb(source: Path, out: Path, errors: str = "strict", command: str = "") -> dict:
     paths = {split: source / PTB_FILE.format(split=split) for split in SPLITS}
-    manifest = {
-        "task": "char_lm",
-        "format": "ptb",
-        "sources": {path.name: sha256_file(path) for path in paths.values()},
-        "command": command,
-    }
+    manifest = new_manifest(
+        "char_lm",
+        PACKAGES,
+        format="ptb",
+        sources={path.name: sha256_file(path) for path in paths.values()},
+        command=command,
+    )
     splits = {split: ptb_symbols(path, errors) for split, path in paths.items()}
     return prepare(splits, out, manifest)
 
@@ -137,13 +139,14 @@ def prepare_text(
     errors: str = "strict",
     command: str = "",
 ) -> dict:
-    manifest = {
-        "task": "char_lm",
-        "format": "text",
-        "sources": {source.name: sha256_file(source)},
-        "fractions": list(fractions),
-        "command": command,
-    }
+    manifest = new_manifest(
+        "char_lm",
+        PACKAGES,
+        format="text",
+        sources={source.name: sha256_file(source)},
+        fractions=list(fractions),
+        command=command,
+    )
     splits = split_by_fractions(read_text(source, errors), fractions)
     return prepare(splits, out, manifest)
 

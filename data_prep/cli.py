@@ -8,7 +8,7 @@ from nmt.errors import UserError
 
 # kind -> (module with ``main(argv) -> int``, one-line help)
 KINDS: dict[str, tuple[str, str]] = {
-    "translation": ("data_prep.translation", "parallel corpus -> wordpieces -> Arrow splits"),
+    "translation": ("data_prep.parallel_corpus", "parallel corpus -> wordpieces -> Arrow splits"),
     "chars": ("data_prep.char_corpus", "text -> character vocabulary and id arrays"),
     "mnist": ("data_prep.mnist", "MNIST IDX files -> train/valid/test arrays"),
 }

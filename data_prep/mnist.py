@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import sys
 import zlib
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import numpy as np
 
 from nmt.errors import UserError
 from nmt.io import atomic_directory, sha256_file
+from nmt.manifest import new_manifest, write_manifest
 
 DEFAULT_SOURCE = Path("../shared/data/mnist")
 DEFAULT_OUT = Path("data/mnist")
@@ -36,6 +36,7 @@ FILES = {
 }
 IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only type MNIST uses
 SPLITS = ("train", "valid", "test")
+PACKAGES = ("hypernmt", "numpy")  # versions recorded in the manifest
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -92,18 +93,19 @@ def prepare(
 ) -> dict:
     """Write the three splits of MNIST as .npy arrays under ``out``; return the manifest."""
     arrays = load_splits(source, valid_size)
-    manifest = {
-        "task": "mnist",
-        "sources": {name: sha256_file(source / name) for name in FILES.values()},
-        "splits": {split: len(arrays[f"{split}_labels"]) for split in SPLITS},
-        "image_shape": list(arrays["train_images"].shape[1:]),
-        "valid": f"last {valid_size} images of the official training file",
-        "command": command,
-    }
+    manifest = new_manifest(
+        "classify",
+        PACKAGES,
+        sources={name: sha256_file(source / name) for name in FILES.values()},
+        splits={split: len(arrays[f"{split}_labels"]) for split in SPLITS},
+        image_shape=list(arrays["train_images"].shape[1:]),
+        valid=f"last {valid_size} images of the official training file",
+        command=command,
+    )
     with atomic_directory(out) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     counts = ", ".join(f"{split} {n:,}" for split, n in manifest["splits"].items())
     log(f"MNIST -> {out}: {counts}")
     return manifest

@@ -18,13 +18,12 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nmt.errors import UserError
 from nmt.io import atomic_directory, sha256_file
-from nmt.versions import package_versions
+from nmt.manifest import MANIFEST_NAME, new_manifest, write_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 
 BUNDLE_FORMAT = "hypernmt-bundle"
 BUNDLE_VERSION = 1
-MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 WORDPIECES = "wordpieces.model"
@@ -140,18 +138,17 @@ def write_bundle(
 
                 decoding = DecodingOptions()
             (tmp / DECODING).write_text(json.dumps(decoding.to_dict(), indent=2) + "\n")
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "version": BUNDLE_VERSION,
-            "task": task,
-            "quantize": quantize,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": source or {},
-            "packages": package_versions(PACKAGES),
-            "files": {name: _file_entry(tmp / name) for name in sorted(spec.files)},
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = new_manifest(
+            task,
+            PACKAGES,
+            format=BUNDLE_FORMAT,
+            version=BUNDLE_VERSION,
+            quantize=quantize,
+            parameters=sum(p.numel() for p in model.parameters()),
+            source=source or {},
+            files={name: _file_entry(tmp / name) for name in sorted(spec.files)},
+        )
+        write_manifest(tmp, manifest)
     return out
 
 
@@ -216,7 +213,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     root = Path(directory)
     if not root.is_dir():
         raise UserError(f"{root}: not a bundle directory (it does not exist)")
-    manifest_path = root / MANIFEST
+    manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: missing; {root} is not a complete bundle")
     try:
@@ -239,7 +236,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     for name in spec.files:
         if name not in files:
             raise UserError(f"{manifest_path}: field 'files' lacks {name!r}, needed by {task!r}")
-    unlisted = sorted({entry.name for entry in root.iterdir()} - {MANIFEST, *files})
+    unlisted = sorted({entry.name for entry in root.iterdir()} - {MANIFEST_NAME, *files})
     if unlisted:
         raise UserError(
             f"{root / unlisted[0]}: not listed in the manifest; refusing a modified bundle"

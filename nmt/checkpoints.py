@@ -1,8 +1,9 @@
 """Read and write training checkpoints with plain PyTorch (no Lightning), safely.
 
-The training task writes ``checkpoint["hypernmt"] = {"task": "translation", "model_config":
-dict, "wordpieces": bytes}`` into every Lightning checkpoint and keeps the model's weights under
-state_dict keys prefixed ``model.``; that is all decoding, evaluation and export need.
+Every training task writes ``checkpoint["hypernmt"]`` (``hypernmt_metadata``: for translation
+``{"task": "translation", "model_config": dict, "wordpieces": bytes}``) into every Lightning
+checkpoint and keeps the model's weights under state_dict keys prefixed ``model.``; that is all
+decoding, evaluation and export need.
 
 Checkpoints travel between people and machines, so reading one must not run code from it: they
 are loaded with ``torch.load(weights_only=True)``, whose unpickler builds only tensors, plain
@@ -33,9 +34,11 @@ CHECKSUM_ALGORITHM = "sha256"
 MODEL_PREFIX = "model."
 
 
-def hypernmt_metadata(task: str, model_config: dict, wordpieces: Wordpieces) -> dict:
-    """The entry the training task stores as ``checkpoint["hypernmt"]``."""
-    return {"task": task, "model_config": model_config, "wordpieces": wordpieces.model_bytes}
+def hypernmt_metadata(task: str, model_config: dict, **extras: Any) -> dict:
+    """The entry every training task stores as ``checkpoint["hypernmt"]``: the task's name, its
+    model config as a plain dict, and what else loading needs (``wordpieces`` bytes for
+    translation, the character ``vocabulary`` for the char LM)."""
+    return {"task": task, "model_config": model_config, **extras}
 
 
 def safe_globals() -> list[type]:

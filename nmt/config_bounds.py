@@ -10,6 +10,7 @@ field, which the loaders turn into a one-line error naming the file.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 MAX_VOCAB = 1 << 18  # wordpieces or characters
@@ -52,3 +53,15 @@ def check_bool(config: Any, name: str) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def rename_keys(values: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+    """``values`` with legacy keys under their current names, for configs saved before a rename
+    (checkpoints and bundles keep their config as a dict); a key given both ways is an error."""
+    out = dict(values)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{old} and {new} are the same setting; give only {new}")
+            out[new] = out.pop(old)
+    return out

@@ -1,6 +1,6 @@
 """PreparedCorpus: read a directory written by ``nmt prep translation``.
 
-Layout (see data_prep/translation.py, which writes it)::
+Layout (see data_prep/parallel_corpus.py, which writes it)::
 
     manifest.json       sources with sha256, cleaning counts, wordpiece parameters, versions
     wordpieces.model    the shared sentencepiece model
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nmt.errors import UserError
+from nmt.manifest import MANIFEST_NAME
 from nmt.wordpieces import Wordpieces
 
 if TYPE_CHECKING:
     import datasets
 
-MANIFEST_NAME = "manifest.json"
 WORDPIECES_NAME = "wordpieces.model"
 COLUMNS = ("src_ids", "tgt_ids", "src_len", "tgt_len", "src_text", "tgt_text")
 

@@ -73,10 +73,14 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     partial = Path(_partial_path(target, tempfile.mkdtemp))
     try:
-        partial.chmod(0o777 & ~_umask())
         yield partial
-        for file in sorted(p for p in partial.rglob("*") if p.is_file()):
-            _fsync_file(file)
+        umask = _umask()
+        for path in [partial, *partial.rglob("*")]:  # writers such as mkstemp make files private
+            if path.is_dir():
+                path.chmod(0o777 & ~umask)
+            else:
+                path.chmod(0o666 & ~umask)
+                _fsync_file(path)
         replace_directory(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

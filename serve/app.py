@@ -31,7 +31,7 @@ from serve.classify import ClassifyAPI
 from serve.decoding_limits import clamp_decoding
 from serve.http_limits import RequestLimits
 from serve.metrics import RequestMetrics, ServerMetrics
-from serve.translate import AdmissionConfig, TranslateAPI
+from serve.translation_api import AdmissionConfig, TranslateAPI
 from serve.web import add_web_page
 
 SERVER_PATHS = ("/", "/health", "/info", "/models", "/stats", "/metrics", "/docs", "/openapi.json")

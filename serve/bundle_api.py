@@ -3,7 +3,7 @@
 LitServe runs ``setup`` once in each (spawned) model worker. Endpoints on LitServe's own loops
 are ``BatchPredictAPI``s: ``predict`` gets one request, or a list of up to ``max_batch_size``
 requests that arrived within ``batch_timeout`` of each other, and subclasses implement
-``predict_batch`` for a list either way. /translate brings its own loop (serve/translate.py).
+``predict_batch`` for a list either way. /translate brings its own loop (serve/translation_api.py).
 
 No ``from __future__ import annotations`` in the endpoint modules: LitServe reads the request and
 response types from the annotations of ``decode_request`` and ``encode_response`` as objects.
@@ -23,7 +23,8 @@ from serve.stats import BatchStats
 class BundleAPI(ls.LitAPI):
     """One endpoint served from one bundle directory."""
 
-    batching = "dynamic"  # how requests meet: LitServe's batches, or serve/translate.py's steps
+    # How requests meet: LitServe's batches ("dynamic"), or serve/translation_api.py's steps.
+    batching = "dynamic"
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -10,6 +11,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
+from helpers import (
+    CORPUS_PAIRS,
+    CORPUS_VOCAB,
+    TEST_DECODING,
+    tiny_translation_model,
+    train_wordpieces,
+)
+
+from nmt.bundle import write_bundle
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -23,3 +33,33 @@ def shared_data() -> Path:
             "(Multi30k, PTB characters, Tiny Shakespeare, MNIST) beside the repository"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data: Path, tmp_path_factory) -> Path:
+    """The first real Multi30k pairs of every split, prepared by ``nmt prep translation``."""
+    from data_prep import parallel_corpus
+
+    raw = tmp_path_factory.mktemp("multi30k")
+    for split, count in CORPUS_PAIRS.items():
+        for lang in ("en", "de"):
+            with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt") as file:
+                lines = "".join(next(file) for _ in range(count))
+            (raw / f"{split}.{lang}.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
+    out = tmp_path_factory.mktemp("prepared") / "multi30k.en-de"
+    argv = ["--corpus", "multi30k", "--src", "en", "--tgt", "de", "--data-dir", str(raw)]
+    argv += ["--out", str(out), "--vocab-size", str(CORPUS_VOCAB), "--num-proc", "1"]
+    assert parallel_corpus.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, shared_data) -> Path:
+    """A tiny translation bundle (untrained model, real wordpieces) for the server tests."""
+    return write_bundle(
+        tmp_path_factory.mktemp("bundles") / "en-de",
+        task="translation",
+        model=tiny_translation_model(),
+        wordpieces=train_wordpieces(shared_data).model_bytes,
+        decoding=TEST_DECODING,
+    )

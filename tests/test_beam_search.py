@@ -9,75 +9,19 @@ a small random GRU with attention for greedy, rescoring and batch-invariance che
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import Tensor, nn
+from helpers import A, B, C, D, SimpleEncoderOutput, TableModel, greedy_reference
+from torch import nn
 
 from nmt.decoding import DecodingOptions, beam_search, translate_ids
+from nmt.decoding.batching import pad_sources
 from nmt.decoding.beam_search import BeamSearch
 from nmt.decoding.penalties import coverage_penalty, length_penalty
 from nmt.decoding.selection import select_top_k
-from nmt.decoding.translate import pad_sources
 from nmt.errors import UserError
-from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID
-
-A, B, C, D = 4, 5, 6, 7  # ordinary tokens of the table model
-TABLE_VOCAB = 8
-
-
-@dataclass
-class SimpleEncoderOutput:
-    memory: Tensor
-    mask: Tensor
-
-    def index_select(self, index: Tensor) -> SimpleEncoderOutput:
-        return SimpleEncoderOutput(
-            self.memory.index_select(0, index), self.mask.index_select(0, index)
-        )
-
-
-class TableModel:
-    """P(next token | output prefix) and the step's attention, looked up in hand-set tables.
-
-    Tokens missing from a prefix's entry have probability 0; prefixes missing from the table
-    end at once (EOS with probability 1). Attention defaults to uniform over the source.
-    The decoder state is the id of the output prefix.
-    """
-
-    def __init__(self, probs: dict, attention: dict | None = None) -> None:
-        self.probs = probs
-        self.attention = attention or {}
-        self.prefixes: list[tuple[int, ...]] = [()]
-        self.steps = 0
-
-    def encode(self, src_ids: Tensor, src_lengths: Tensor) -> SimpleEncoderOutput:
-        mask = torch.arange(src_ids.shape[1])[None, :] < src_lengths[:, None]
-        return SimpleEncoderOutput(src_ids.float()[:, :, None], mask)
-
-    def initial_decoder_state(self, encoder_output: SimpleEncoderOutput) -> tuple[Tensor]:
-        return (torch.zeros(encoder_output.mask.shape[0], dtype=torch.long),)
-
-    def decode_step(self, prev_tokens, state, encoder_output):
-        self.steps += 1
-        rows, width = encoder_output.mask.shape
-        log_probs = torch.full((rows, TABLE_VOCAB), float("-inf"))
-        attention = torch.zeros(rows, width)
-        new_ids = []
-        for row in range(rows):
-            prefix = self.prefixes[int(state[0][row])]
-            if int(prev_tokens[row]) != BOS_ID:
-                prefix = (*prefix, int(prev_tokens[row]))
-            if prefix not in self.prefixes:
-                self.prefixes.append(prefix)
-            new_ids.append(self.prefixes.index(prefix))
-            for token, p in self.probs.get(prefix, {EOS_ID: 1.0}).items():
-                log_probs[row, token] = math.log(p)
-            length = int(encoder_output.mask[row].sum())
-            weights = self.attention.get(prefix, [1.0 / length] * length)
-            attention[row, :length] = torch.tensor(weights)
-        return log_probs, attention, (torch.tensor(new_ids),)
+from nmt.special_tokens import BOS_ID, EOS_ID
 
 
 def brute_force(model: TableModel, source_length: int, alpha: float, beta: float):
@@ -265,24 +209,6 @@ def toy_sources(count: int, seed: int = 1) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, 10, (count,), generator=generator)
     return [torch.randint(4, 14, (int(n),), generator=generator).tolist() for n in lengths]
-
-
-def greedy_reference(model, source: list[int], min_length: int, max_tokens: int):
-    """Textbook greedy decoding of one sentence: take the argmax until EOS."""
-    src = torch.tensor([source + [EOS_ID]])
-    encoder_output = model.encode(src, torch.tensor([src.shape[1]]))
-    state = model.initial_decoder_state(encoder_output)
-    prev, tokens = torch.tensor([BOS_ID]), []
-    while True:
-        log_probs, _, state = model.decode_step(prev, state, encoder_output)
-        log_probs[0, [PAD_ID, BOS_ID]] = float("-inf")
-        if len(tokens) < min_length:
-            log_probs[0, EOS_ID] = float("-inf")
-        token = EOS_ID if len(tokens) == max_tokens else int(log_probs[0].argmax())
-        if token == EOS_ID:
-            return tokens
-        tokens.append(token)
-        prev = torch.tensor([token])
 
 
 def rescore(model, source: list[int], tokens: list[int]):

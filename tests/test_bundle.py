@@ -7,9 +7,6 @@ format (``checkpoint["hypernmt"]`` plus the model's weights under ``model.``).
 
 from __future__ import annotations
 
-import gzip
-import io
-import itertools
 import json
 import subprocess
 import sys
@@ -17,10 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    TEST_DECODING,
+    multi30k_lines,
+    tiny_char_lm,
+    tiny_classifier,
+    tiny_translation_model,
+    train_wordpieces,
+)
 
 from nmt.bundle import (
     CONFIG,
-    MANIFEST,
+    MANIFEST_NAME,
     WEIGHTS,
     export_checkpoint,
     load_bundle,
@@ -31,72 +36,11 @@ from nmt.checkpoints import hypernmt_metadata, load_translation
 from nmt.cli import main as nmt_main
 from nmt.decoding import DecodingOptions, translate_texts
 from nmt.errors import UserError
-from nmt.models.char_lm import CharLM, CharLMConfig, CharVocabulary
-from nmt.models.convnet import ConvNet, ConvNetConfig
-from nmt.models.translation import TranslationConfig, TranslationModel
-from nmt.modules.recurrent import RecurrentConfig
-from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.models.translation import TranslationConfig
+from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.wordpieces import Wordpieces
 
-TINY_RECURRENT = RecurrentConfig(cell="ln_hyperlstm", hyper_size=8, embedding_size=4)
-TINY_VOCAB = 500  # byte fallback alone takes 256 pieces
-TEST_DECODING = DecodingOptions(beam_size=3, max_length=12)  # untrained models run to the cap
-
-
 # ----------------------------------------------------------------------------- tiny models
-
-
-def multi30k_lines(shared_data: Path, split: str, lang: str, count: int) -> list[str]:
-    with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
-        return [line.strip() for line in itertools.islice(f, count)]
-
-
-def train_wordpieces(shared_data: Path) -> Wordpieces:
-    """A small shared en+de sentencepiece model with the project's reserved ids."""
-    import sentencepiece as spm
-
-    lines = multi30k_lines(shared_data, "train", "en", 1500)
-    lines += multi30k_lines(shared_data, "train", "de", 1500)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=TINY_VOCAB,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        byte_fallback=True,
-        minloglevel=2,
-    )
-    return Wordpieces.from_bytes(model.getvalue())
-
-
-def tiny_translation_model(seed: int = 0) -> TranslationModel:
-    torch.manual_seed(seed)
-    config = TranslationConfig(
-        vocab_size=TINY_VOCAB,
-        embedding_size=16,
-        hidden_size=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        recurrent=TINY_RECURRENT,
-    )
-    return TranslationModel(config).eval()
-
-
-def tiny_classifier(seed: int = 0) -> ConvNet:
-    torch.manual_seed(seed)
-    return ConvNet(ConvNetConfig(channels=4)).eval()
-
-
-def tiny_char_lm(shared_data: Path, seed: int = 0) -> tuple[CharLM, list[str]]:
-    """An untrained LM over the symbols of the first PTB validation lines ("_" between words)."""
-    text = (shared_data / "ptb_char" / "ptb.char.valid.txt").read_text()[:5000]
-    vocabulary = CharVocabulary.from_characters(set(text.split()) | {"\n"})
-    torch.manual_seed(seed)
-    config = CharLMConfig(vocab_size=len(vocabulary), embedding_size=8, recurrent=TINY_RECURRENT)
-    return CharLM(config).eval(), vocabulary.symbols
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict) -> Path:
@@ -121,7 +65,9 @@ def wordpieces(shared_data: Path) -> Wordpieces:
 @pytest.fixture(scope="module")
 def translation_checkpoint(tmp_path_factory, wordpieces: Wordpieces) -> Path:
     model = tiny_translation_model()
-    metadata = hypernmt_metadata("translation", model.config.to_dict(), wordpieces)
+    metadata = hypernmt_metadata(
+        "translation", model.config.to_dict(), wordpieces=wordpieces.model_bytes
+    )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", model, metadata)
 
 
@@ -157,11 +103,20 @@ def test_bundle_translates_as_the_checkpoint(
         assert torch.equal(bundle.model.state_dict()[key], value), key
 
 
+def test_bundle_written_before_the_config_renames_still_loads() -> None:
+    from helpers import BEFORE_RENAMES, before_renames_input, before_renames_logits
+
+    bundle = load_bundle(BEFORE_RENAMES / "translation-bundle")
+    with torch.no_grad():
+        logits = bundle.model(*before_renames_input())[0, :, :6]
+    torch.testing.assert_close(logits, before_renames_logits("bundle"), atol=1e-5, rtol=0)
+
+
 def test_manifest_records_files_task_and_versions(translation_bundle, translation_checkpoint):
     manifest = read_manifest(translation_bundle)
     assert manifest["task"] == "translation" and manifest["quantize"] is None
     assert set(manifest["files"]) == {CONFIG, WEIGHTS, "wordpieces.model", "decoding.json"}
-    assert {p.name for p in translation_bundle.iterdir()} == {*manifest["files"], MANIFEST}
+    assert {p.name for p in translation_bundle.iterdir()} == {*manifest["files"], MANIFEST_NAME}
     assert manifest["packages"]["torch"] == torch.__version__
     assert manifest["source"]["checkpoint"] == translation_checkpoint.name
     config = json.loads((translation_bundle / CONFIG).read_text())
@@ -279,8 +234,8 @@ def flip_last_byte(path: Path) -> None:
         (lambda b: flip_last_byte(b / "wordpieces.model"), "wordpieces.model: sha256 does not"),
         (lambda b: (b / CONFIG).write_text('{"vocab_size": 9}'), "config.json: sha256 does not"),
         (lambda b: (b / "decoding.json").unlink(), "decoding.json: missing"),
-        (lambda b: (b / MANIFEST).unlink(), "manifest.json: missing"),
-        (lambda b: (b / MANIFEST).write_text("{not json"), "manifest.json: not valid JSON"),
+        (lambda b: (b / MANIFEST_NAME).unlink(), "manifest.json: missing"),
+        (lambda b: (b / MANIFEST_NAME).write_text("{not json"), "manifest.json: not valid JSON"),
         (lambda b: (b / "extra.py").write_text("import os"), "extra.py: not listed"),
         (lambda b: _edit_manifest(b, task="summarise"), "unknown task 'summarise'"),
         (lambda b: _edit_manifest(b, drop=WEIGHTS), "lacks 'model.safetensors'"),
@@ -304,12 +259,12 @@ def test_damaged_bundles_are_refused(bundle_copy, damage, message):
 
 
 def _edit_manifest(bundle: Path, task: str | None = None, drop: str | None = None) -> None:
-    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     if task is not None:
         manifest["task"] = task
     if drop is not None:
         del manifest["files"][drop]
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
 def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, translation_checkpoint, capsys):

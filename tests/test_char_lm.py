@@ -22,7 +22,7 @@ def tiny_config(cell: str, vocab_size: int = 54, dropout: float = 0.0) -> CharLM
         cell=cell,
         hidden_size=24,
         hyper_size=8,
-        embedding_size=4,
+        n_z=4,
         recurrent_dropout=0.0 if cell == "lstm" else dropout,
     )
     return CharLMConfig(
@@ -114,7 +114,7 @@ def test_bpc_over_a_split_equals_mean_cross_entropy(ptb_slice, streams):
     (result,) = trainer.validate(task, datamodule=data)
     ids = np.load(ptb_slice / "valid.npy")
     expected = independent_bpc(task.model.eval(), ids, streams)
-    assert result["valid/bpc"] == pytest.approx(expected, rel=1e-5)
+    assert result["val/bpc"] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "hyperlstm"])

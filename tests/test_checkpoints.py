@@ -16,6 +16,13 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
+from helpers import (
+    BEFORE_CHECKSUMS,
+    BEFORE_RENAMES,
+    REPO,
+    before_renames_input,
+    before_renames_logits,
+)
 
 from nmt.checkpoints import (
     CHECKPOINT_KEY,
@@ -31,9 +38,6 @@ from nmt.models.char_lm import CharLMConfig
 from nmt.models.convnet import ConvNetConfig
 from nmt.training.checkpoint_io import AtomicCheckpointIO
 
-REPO = Path(__file__).resolve().parents[1]
-LEGACY = REPO / "tests" / "data" / "translation-before-checksums.ckpt"
-
 
 class Payload:
     """Unpickling this writes a marker file: the proof that loading ran code."""
@@ -47,7 +51,7 @@ class Payload:
 
 @pytest.fixture
 def legacy() -> dict:
-    return torch.load(LEGACY, map_location="cpu", weights_only=True)
+    return torch.load(BEFORE_CHECKSUMS, map_location="cpu", weights_only=True)
 
 
 def sealed_copy(legacy: dict, path: Path) -> Path:
@@ -57,10 +61,18 @@ def sealed_copy(legacy: dict, path: Path) -> Path:
 
 def test_checkpoint_written_before_checksums_still_loads(legacy) -> None:
     assert CHECKSUM_KEY not in legacy
-    model, wordpieces = load_translation(LEGACY)
+    model, wordpieces = load_translation(BEFORE_CHECKSUMS)
     assert wordpieces.vocab_size == model.config.vocab_size == 400
     torch.testing.assert_close(model.output.bias, legacy["state_dict"]["model.output.bias"])
     assert not model.training
+
+
+def test_checkpoint_written_before_the_config_renames_still_loads() -> None:
+    model, _ = load_translation(BEFORE_RENAMES / "translation.ckpt")
+    assert model.config.recurrent.hidden_size == 8 and model.config.recurrent.n_z == 2
+    with torch.no_grad():
+        logits = model(*before_renames_input())[0, :, :6]
+    torch.testing.assert_close(logits, before_renames_logits("checkpoint"), atol=1e-5, rtol=0)
 
 
 def test_a_pickled_payload_is_refused_without_running(tmp_path, legacy) -> None:
@@ -184,7 +196,7 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path, capsys, where) -> N
     source.write_text("A man.\n")
     out = source / "out.txt" if where == "under-a-file" else tmp_path
     code = nmt_main(
-        ["translate", "--checkpoint", str(LEGACY), "--input", str(source)]
+        ["translate", "--checkpoint", str(BEFORE_CHECKSUMS), "--input", str(source)]
         + ["--output", str(out), "--beam-size", "1", "--no-progress"]
     )
     assert code != 0

@@ -30,13 +30,13 @@ def test_parameter_counts_match_the_paper():
     # the rest of the two networks is identical
     total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert total(plain) - total(hyper) == 12_544 - 4_244
-    odd = StaticHyperKernel(3, 5, (3, 2), embedding_size=2)
+    odd = StaticHyperKernel(3, 5, (3, 2), n_z=2)
     assert sum(p.numel() for p in odd.parameters()) == generated_kernel_parameters(3, 5, (3, 2), 2)
 
 
 def test_generated_kernel_matches_float64_transcription():
     torch.manual_seed(0)
-    hyper = StaticHyperKernel(16, 8, (7, 5), embedding_size=4)
+    hyper = StaticHyperKernel(16, 8, (7, 5), n_z=4)
     kernel = hyper()
     assert kernel.shape == (8, 16, 7, 5)
     z, w_in, b_in = (p.detach().double().numpy() for p in (hyper.z, hyper.w_in, hyper.b_in))

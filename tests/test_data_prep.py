@@ -20,7 +20,7 @@ import pytest
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from data_prep import translation  # noqa: E402
+from data_prep import parallel_corpus  # noqa: E402
 from data_prep.cleaning import CleaningConfig, clean_split, clean_text  # noqa: E402
 from data_prep.reading import read_parallel  # noqa: E402
 from nmt.corpus import COLUMNS, PreparedCorpus  # noqa: E402
@@ -57,7 +57,7 @@ def multi30k_dir(shared_data: Path, tmp_path_factory) -> Path:
 
 
 def prep(*argv: str) -> int:
-    return translation.main(["--vocab-size", VOCAB, "--num-proc", "1", *argv])
+    return parallel_corpus.main(["--vocab-size", VOCAB, "--num-proc", "1", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_manifest_contents(prepared: Path, multi30k_dir: Path) -> None:
         BOS_ID,
         EOS_ID,
     )
-    assert {"python", "datasets", "sentencepiece", "pyarrow"} <= set(manifest["versions"])
+    assert {"python", "datasets", "sentencepiece", "pyarrow"} <= set(manifest["packages"])
     assert manifest["command"].startswith("nmt prep translation ")
     assert "--corpus multi30k" in manifest["command"]
     assert len(manifest["fingerprint"]) == 64
@@ -407,7 +407,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(translation, "encode_split", interrupted)
+        patch.setattr(parallel_corpus, "encode_split", interrupted)
         with pytest.raises(KeyboardInterrupt):
             prep(*args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.de", "train.en"]
@@ -415,7 +415,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(
     prep(*args)
     before = (out / "manifest.json").read_bytes()
     with monkeypatch.context() as patch:
-        patch.setattr(translation, "encode_split", interrupted)
+        patch.setattr(parallel_corpus, "encode_split", interrupted)
         with pytest.raises(KeyboardInterrupt):
             prep(*args, "--force")
     assert (out / "manifest.json").read_bytes() == before  # the previous output is intact

@@ -174,7 +174,7 @@ def _run_all(commands: list[tuple[list[str], dict[str, str]]], directory: Path) 
 @pytest.fixture(scope="session")
 def tiny_corpus(shared_data: Path, tmp_path_factory) -> Path:
     """The first real Multi30k en-de pairs, prepared by ``nmt prep translation``."""
-    from data_prep import translation
+    from data_prep import parallel_corpus
 
     raw = tmp_path_factory.mktemp("multi30k_raw")
     splits = []
@@ -189,7 +189,7 @@ def tiny_corpus(shared_data: Path, tmp_path_factory) -> Path:
         splits += ["--split", f"{split}={','.join(files)}"]
     out = tmp_path_factory.mktemp("prepared") / "multi30k.en-de"
     argv = ["--corpus", "files", "--src", "en", "--tgt", "de", *splits, "--out", str(out)]
-    assert translation.main([*argv, "--vocab-size", str(VOCAB_SIZE), "--num-proc", "1"]) == 0
+    assert parallel_corpus.main([*argv, "--vocab-size", str(VOCAB_SIZE), "--num-proc", "1"]) == 0
     return out
 
 
@@ -205,11 +205,15 @@ def _write_config(
                 "architecture": {
                     "vocab_size": VOCAB_SIZE,
                     "embedding_size": 16,
-                    "hidden_size": 16,
                     "encoder_layers": 2,
                     "decoder_layers": 2,
                     "dropout": 0.1,
-                    "recurrent": {"cell": "ln_hyperlstm", "hyper_size": 8, "embedding_size": 4},
+                    "recurrent": {
+                        "cell": "ln_hyperlstm",
+                        "hidden_size": 16,
+                        "hyper_size": 8,
+                        "n_z": 4,
+                    },
                 },
             },
         },

@@ -23,13 +23,13 @@ import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from test_beam_search import greedy_reference  # noqa: E402
+from helpers import greedy_reference  # noqa: E402
 
 from nmt.checkpoints import hypernmt_metadata, load_translation  # noqa: E402
 from nmt.cli import main as nmt_main  # noqa: E402
 from nmt.corpus import PreparedCorpus  # noqa: E402
 from nmt.decoding import DecodingOptions, beam_search, translate_texts  # noqa: E402
-from nmt.decoding.translate import pad_sources  # noqa: E402
+from nmt.decoding.batching import pad_sources  # noqa: E402
 from nmt.models.translation import (  # noqa: E402
     TranslationConfig,
     TranslationModel,
@@ -40,6 +40,7 @@ from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 TRAIN_LINES, TEST_LINES = 600, 30
 TRAIN_STEPS, TRAIN_BATCH = 50, 24
+LABEL_SMOOTHING = 0.1  # the training task's default
 
 
 def real_lines(shared_data: Path, split: str, lang: str, count: int) -> list[str]:
@@ -66,11 +67,11 @@ def files(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def corpus_dir(files, tmp_path_factory) -> Path:
-    from data_prep import translation
+    from data_prep import parallel_corpus
 
     out = tmp_path_factory.mktemp("prepared") / "tiny.en-de"
     split = "{}={},{}".format
-    code = translation.main(
+    code = parallel_corpus.main(
         ["--corpus", "files", "--src", "en", "--tgt", "de", "--vocab-size", "1000"]
         + ["--num-proc", "1", "--out", str(out)]
         + ["--split", split("train", files["train.en"], files["train.de"])]
@@ -90,10 +91,9 @@ def train_tiny_model(corpus: PreparedCorpus, steps: int, seed: int = 0) -> Trans
     config = TranslationConfig(
         vocab_size=corpus.wordpieces.vocab_size,
         embedding_size=24,
-        hidden_size=32,
         encoder_layers=1,
         decoder_layers=2,
-        recurrent=RecurrentConfig(cell="lstm"),
+        recurrent=RecurrentConfig(cell="lstm", hidden_size=32),
         dropout=0.0,
     )
     model = TranslationModel(config)
@@ -109,7 +109,7 @@ def train_tiny_model(corpus: PreparedCorpus, steps: int, seed: int = 0) -> Trans
             pad([[BOS_ID, *targets[i]] for i in batch]),
         )
         loss, _, count = label_smoothed_loss(
-            logits, pad([[*targets[i], EOS_ID] for i in batch]), config.label_smoothing
+            logits, pad([[*targets[i], EOS_ID] for i in batch]), LABEL_SMOOTHING
         )
         optimizer.zero_grad()
         (loss / count).backward()
@@ -125,7 +125,9 @@ def save_checkpoint(model: TranslationModel, wordpieces, path: Path, step: int) 
             "epoch": 0,
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
             "optimizer_states": [{"step": step}],
-            "hypernmt": hypernmt_metadata("translation", model.config.to_dict(), wordpieces),
+            "hypernmt": hypernmt_metadata(
+                "translation", model.config.to_dict(), wordpieces=wordpieces.model_bytes
+            ),
         },
         path,
     )

@@ -41,7 +41,7 @@ def perturb_(module: torch.nn.Module, scale: float = 0.2) -> None:
 def layer_pair(cell: str, bidirectional: bool, dropout: float = 0.0):
     """The same weights behind the fused and the eager path (odd sizes everywhere)."""
     torch.manual_seed(0)
-    sizes = dict(hidden_size=13, hyper_size=7, embedding_size=5, recurrent_dropout=dropout)
+    sizes = dict(hidden_size=13, hyper_size=7, n_z=5, recurrent_dropout=dropout)
     fused = RecurrentLayer(11, RecurrentConfig(cell, **sizes), bidirectional).double()
     eager = RecurrentLayer(
         11, RecurrentConfig(cell, **sizes, fused_kernels=False), bidirectional

@@ -55,7 +55,7 @@ def reference_ln_lstm(cell: LayerNormLSTMCell, x, h, c):
 def reference_hyperlstm(cell: HyperLSTMCell, x, state):
     """HyperLSTM per appendix A.2.2: hyper cell over [h_{t-1}; x_t], z from its new h."""
     h, c, hyper_h, hyper_c = state
-    n, n_hyper, n_z, fb = cell.hidden_size, cell.hyper_size, cell.embedding_size, cell.forget_bias
+    n, n_hyper, n_z, fb = cell.hidden_size, cell.hyper_size, cell.n_z, cell.forget_bias
     hyper = cell.hyper
     outputs = []
     for t in range(x.shape[1]):
@@ -348,14 +348,16 @@ def compiled_matches_eager(cell_type: str) -> None:
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(3, 6, 5)
     lengths = torch.tensor([6, 2, 4])
-    grads = []
-    for layer in (eager, compiled):
-        outputs, state = layer(x, lengths)
-        torch.testing.assert_close(outputs, eager(x, lengths)[0], rtol=1e-5, atol=1e-6)
-        (outputs.square().sum() + sum(s.sum() for s in state)).backward()
-        grads.append([p.grad for p in layer.parameters()])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    results = [layer(x, lengths) for layer in (eager, compiled)]
+    (reference, reference_state), (outputs, state) = results
+    torch.testing.assert_close(outputs, reference, rtol=1e-5, atol=1e-6)
+    for final, expected in zip(state, reference_state, strict=True):
+        torch.testing.assert_close(final, expected, rtol=1e-5, atol=1e-6)
+    for out, final in results:
+        (out.square().sum() + sum(s.sum() for s in final)).backward()
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        assert a.grad is not None and a.grad.abs().sum() > 0
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell_type", ["ln_lstm", "ln_hyperlstm", "hyperlstm"])

@@ -69,9 +69,10 @@ def test_a_directory_replaces_the_previous_one_whole(tmp_path, umask_022):
     (tmp_path / f"bundle{RETIRED_SUFFIX}").mkdir()  # a swap interrupted between its renames
     with atomic_directory(target) as partial:
         (partial / "b").write_text("3")
+        (partial / "b").chmod(0o600)  # as safetensors or mkstemp leave a file
     assert sorted(p.name for p in target.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
-    assert _mode(target) == 0o755
+    assert _mode(target) == 0o755 and _mode(target / "b") == 0o644
 
 
 def test_stale_partials_of_files_and_directories_are_removed(tmp_path):

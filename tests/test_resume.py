@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import write_config
 from lightning.pytorch import Callback
-from test_training import corpus, write_config  # noqa: F401  (the corpus fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 BEST_KEY_PREFIX = "ModelCheckpoint{'monitor': 'val/bleu'"

@@ -12,23 +12,25 @@ import base64
 import io
 import math
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
 import torch
-from fakes import FailingWordpieces
-from test_bundle import (
+from helpers import (
+    BATCH_TIMEOUT,
     TEST_DECODING,
+    FailingWordpieces,
+    Server,
     multi30k_lines,
+    running_server,
+    stop_server,
     tiny_char_lm,
     tiny_classifier,
     tiny_translation_model,
@@ -38,76 +40,7 @@ from test_bundle import (
 from nmt.bundle import load_bundle, read_manifest, write_bundle
 from nmt.cli import main as nmt_main
 from nmt.decoding import translate_texts
-from serve.translate import AdmissionConfig
-
-STARTUP_SECONDS = 180  # generous: the workers import torch on a shared, busy machine
-SHUTDOWN_SECONDS = 60
-MAX_BATCH_SIZE = 16
-BATCH_TIMEOUT = 0.2  # wide enough that concurrent test requests surely meet in one batch
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    bundles: dict[str, Path]
-
-    def post(self, path: str, body) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=60)
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(directory: Path, bundle_args: list[str], bundles: dict[str, Path]) -> Server:
-    port = free_port()
-    log = directory / f"server-{port}.log"
-    command = [sys.executable, "-m", "nmt.cli", "serve", *bundle_args, "--port", str(port)]
-    command += ["--max-batch-size", str(MAX_BATCH_SIZE), "--batch-timeout", str(BATCH_TIMEOUT)]
-    command += ["--join-window", str(BATCH_TIMEOUT)]
-    command += ["--log-level", "warning"]
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=directory)
-    server = Server(f"http://127.0.0.1:{port}", process, log, bundles)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if server.get("/health").status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    stop_server(server)
-    pytest.fail(f"the server was not healthy after {STARTUP_SECONDS} s:\n{log.read_text()}")
-
-
-def stop_server(server: Server, signum: int = signal.SIGTERM) -> list[psutil.Process]:
-    """Signal the main process by PID; return the processes that outlived it (then kill them)."""
-    try:
-        family = [psutil.Process(server.process.pid)]
-        family += family[0].children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    if server.process.poll() is None:
-        server.process.send_signal(signum)
-    try:
-        server.process.wait(SHUTDOWN_SECONDS)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-    _, alive = psutil.wait_procs(family, timeout=5)
-    for process in alive:
-        process.kill()
-    return alive
+from serve.translation_api import AdmissionConfig
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +64,8 @@ def bundles(tmp_path_factory, shared_data) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bundles) -> Server:
     args = [item for task, path in bundles.items() for item in (f"--{task}", str(path))]
-    running = start_server(tmp_path_factory.mktemp("serve"), args, bundles)
-    yield running
-    stop_server(running)
+    with running_server(tmp_path_factory.mktemp("serve"), args, bundles) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +217,7 @@ def run_worker_loop(api, arrivals: list[tuple], last: str, clock=time.monotonic)
 
     from litserve.utils import LitAPIStatus
 
-    from serve.translate import TranslateLoop
+    from serve.translation_api import TranslateLoop
 
     queue = Queue()
     for uid, arrived, request in arrivals:
@@ -303,7 +235,7 @@ def run_worker_loop(api, arrivals: list[tuple], last: str, clock=time.monotonic)
 
 
 def worker_api(bundle: Path, timeout: float = 30.0, **admission):
-    from serve.translate import AdmissionConfig, TranslateAPI
+    from serve.translation_api import AdmissionConfig, TranslateAPI
 
     api = TranslateAPI(str(bundle), admission=AdmissionConfig(join_window=0.0, **admission))
     api.setup("cpu")
@@ -368,7 +300,7 @@ def test_a_failing_request_gets_its_500_and_its_neighbours_their_answers(bundles
 
 def test_a_request_past_the_queue_bound_gets_503_with_retry_after(bundles, shared_data):
     from serve.schemas import TranslateRequest
-    from serve.translate import _http_exception
+    from serve.translation_api import _http_exception
 
     texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 4)
     request = TranslateRequest(text=texts)
@@ -512,9 +444,8 @@ def tight_server(tmp_path_factory, bundles) -> Server:
     """A /translate server with a small capacity, so a burst fills it and waits in order."""
     args = ["--translate", str(bundles["translate"]), "--max-live-cost", str(TIGHT_LIVE_COST)]
     args += ["--max-queued-cost", "200000", "--decode-rate", "5000"]
-    running = start_server(tmp_path_factory.mktemp("tight"), args, bundles)
-    yield running
-    stop_server(running)
+    with running_server(tmp_path_factory.mktemp("tight"), args, bundles) as running:
+        yield running
 
 
 def translate_load(server: Server) -> dict:
@@ -690,16 +621,17 @@ assert not heavy, heavy
 
 
 def test_sigint_stops_every_process(tmp_path, bundles):
-    small = start_server(tmp_path, ["--classify", str(bundles["classify"])], bundles)
-    assert small.post("/classify", GOOD["/classify"]).status_code == 200
-    assert stop_server(small, signal.SIGINT) == []
+    with running_server(tmp_path, ["--classify", str(bundles["classify"])], bundles) as small:
+        assert small.post("/classify", GOOD["/classify"]).status_code == 200
+        assert stop_server(small, signal.SIGINT) == []
     assert "Traceback" not in small.log.read_text(), small.log.read_text()
 
 
-def test_sigterm_stops_every_process(server):
-    """Last in this module: it stops the module's server."""
-    workers = psutil.Process(server.process.pid).children(recursive=True)
-    assert len(workers) >= 4  # a model worker per endpoint, the HTTP worker, the queue manager
-    assert stop_server(server, signal.SIGTERM) == []
+def test_sigterm_stops_every_process(tmp_path, bundles):
+    args = [item for task, path in bundles.items() for item in (f"--{task}", str(path))]
+    with running_server(tmp_path, args, bundles) as server:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        assert len(workers) >= 4  # a model worker per endpoint, the HTTP worker, the queue manager
+        assert stop_server(server, signal.SIGTERM) == []
     assert server.process.returncode == 0
     assert "Traceback" not in server.log.read_text(), server.log.read_text()

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import (
+    STARTUP_SECONDS,
+    free_port,
+    stop_server,
+)
+from helpers import Server as RunningServer
 from prometheus_client.parser import text_string_to_metric_families
-from test_bundle import TEST_DECODING, tiny_translation_model, train_wordpieces
-from test_server import STARTUP_SECONDS, free_port, stop_server
-from test_server import Server as RunningServer
 
-from nmt.bundle import CONFIG, DECODING, MANIFEST, load_bundle, write_bundle
+from nmt.bundle import CONFIG, DECODING, MANIFEST_NAME, load_bundle
 from nmt.errors import UserError
 from serve.auth import API_KEYS_ENV, api_keys
 from serve.decoding_limits import clamp_decoding
@@ -32,17 +35,6 @@ ENV_KEY = "e" * 20 + "-second-client"
 READ_TIMEOUT = 2.0
 SLOW_CLIENTS = 50
 BODY = {"text": "Ein Mann fährt Fahrrad."}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, shared_data) -> Path:
-    return write_bundle(
-        tmp_path_factory.mktemp("bundles") / "en-de",
-        task="translation",
-        model=tiny_translation_model(),
-        wordpieces=train_wordpieces(shared_data).model_bytes,
-        decoding=TEST_DECODING,
-    )
 
 
 def serve_command(bundle: Path, port: int, *extra: str) -> list[str]:
@@ -247,12 +239,12 @@ def edited_bundle(source: Path, destination: Path, name: str, edit) -> Path:
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))
-    manifest = json.loads((destination / MANIFEST).read_text())
+    manifest = json.loads((destination / MANIFEST_NAME).read_text())
     manifest["files"][name] = {
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "bytes": path.stat().st_size,
     }
-    (destination / MANIFEST).write_text(json.dumps(manifest))
+    (destination / MANIFEST_NAME).write_text(json.dumps(manifest))
     return destination
 
 

@@ -8,7 +8,6 @@ prepared by the real pipeline with a 400-piece vocabulary.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
@@ -17,15 +16,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import CORPUS_VOCAB, tiny_architecture, write_config
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from data_prep import translation as prep_translation  # noqa: E402
 from nmt.checkpoints import load_translation  # noqa: E402
 from nmt.decoding import DecodingOptions, beam_search  # noqa: E402
 from nmt.errors import UserError  # noqa: E402
-from nmt.models.translation import TranslationConfig  # noqa: E402
-from nmt.modules.recurrent import CELL_TYPES, RecurrentConfig  # noqa: E402
+from nmt.modules.recurrent import CELL_TYPES  # noqa: E402
 from nmt.special_tokens import EOS_ID, PAD_ID  # noqa: E402
 from nmt.training.cli import main as cli_main  # noqa: E402
 from nmt.training.translation import (  # noqa: E402
@@ -38,37 +36,6 @@ from nmt.training.translation import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = {"train": 64, "val": 32, "test_2016_flickr": 32, "test_2017_flickr": 32}
-VOCAB = 400
-
-
-@pytest.fixture(scope="module")
-def corpus(shared_data: Path, tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("multi30k")
-    for split, count in PAIRS.items():
-        for lang in ("en", "de"):
-            with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt") as file:
-                lines = "".join(next(file) for _ in range(count))
-            (raw / f"{split}.{lang}.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
-    out = tmp_path_factory.mktemp("prepared") / "multi30k.en-de"
-    argv = ["--corpus", "multi30k", "--src", "en", "--tgt", "de", "--data-dir", str(raw)]
-    argv += ["--out", str(out), "--vocab-size", str(VOCAB), "--num-proc", "1"]
-    assert prep_translation.main(argv) == 0
-    return out
-
-
-def tiny_architecture(cell: str = "lstm", **overrides) -> TranslationConfig:
-    settings = dict(
-        vocab_size=VOCAB,
-        embedding_size=32,
-        hidden_size=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        dropout=0.0,
-        recurrent=RecurrentConfig(cell=cell, hyper_size=16, embedding_size=4),
-    )
-    settings.update(overrides)
-    return TranslationConfig(**settings)
 
 
 def quiet_trainer(**overrides) -> L.Trainer:
@@ -121,7 +88,7 @@ def test_batch_budget_below_longest_pair_is_a_user_error(corpus: Path) -> None:
 
 
 def test_vocabulary_mismatch_names_the_field(corpus: Path) -> None:
-    task = TranslationTask(tiny_architecture(vocab_size=VOCAB + 1))
+    task = TranslationTask(tiny_architecture(vocab_size=CORPUS_VOCAB + 1))
     with pytest.raises(UserError, match="architecture.vocab_size"):
         quiet_trainer(max_steps=1).fit(task, TranslationDataModule(str(corpus)))
 
@@ -133,8 +100,9 @@ def test_vocabulary_mismatch_names_the_field(corpus: Path) -> None:
 def test_tiny_model_overfits_64_real_pairs(corpus: Path) -> None:
     L.seed_everything(0)
     task = TranslationTask(
-        tiny_architecture("lstm", embedding_size=128, hidden_size=128, label_smoothing=0.0),
+        tiny_architecture("lstm", hidden_size=128, embedding_size=128),
         learning_rate=0.01,
+        label_smoothing=0.0,
     )
     datamodule = TranslationDataModule(str(corpus), batch_tokens=6000)  # one batch
     trainer = quiet_trainer(max_steps=300)
@@ -172,53 +140,6 @@ def test_each_cell_type_trains(corpus: Path, cell: str) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI, resume
-
-
-def write_config(directory: Path, corpus: Path, max_steps: int) -> Path:
-    config = {
-        "seed_everything": 3,
-        "model": {
-            "class_path": "nmt.training.translation.TranslationTask",
-            "init_args": {
-                "architecture": {
-                    "vocab_size": VOCAB,
-                    "embedding_size": 16,
-                    "hidden_size": 16,
-                    "dropout": 0.3,  # resume must reproduce the dropout masks too
-                    "recurrent": {"cell": "ln_hyperlstm", "hyper_size": 8, "embedding_size": 4},
-                },
-                "warmup_steps": 4,
-                "bleu_sentences": 8,
-                "max_decode_length": 20,
-            },
-        },
-        "data": {
-            "class_path": "nmt.training.translation.TranslationDataModule",
-            "init_args": {"corpus": str(corpus), "batch_tokens": 400, "eval_batch_tokens": 4000},
-        },
-        "trainer": {
-            "accelerator": "cpu",
-            "max_steps": max_steps,
-            "val_check_interval": 3,
-            "check_val_every_n_epoch": None,
-            "limit_val_batches": 1,
-            "num_sanity_val_steps": 0,
-            "gradient_clip_val": 1.0,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(directory), "name": "logs"},
-            },
-        },
-        "checkpoint": {"dirpath": str(directory / "checkpoints"), "monitor": "val/bleu"},
-        "last_checkpoint": {"every_n_train_steps": 1},
-        "recent_checkpoints": {"save_top_k": 2},
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"config{max_steps}.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
 
 
 def final_state(directory: Path) -> dict:
@@ -295,7 +216,7 @@ def test_checkpoint_loads_without_lightning(corpus: Path, tmp_path) -> None:
 
     model, wordpieces = load_translation(checkpoint)
     count = sum(p.numel() for p in model.parameters())
-    assert result.stdout.split() == [str(VOCAB), str(count)]
+    assert result.stdout.split() == [str(CORPUS_VOCAB), str(count)]
     trained = torch.load(checkpoint, weights_only=False)["state_dict"]
     torch.testing.assert_close(model.output.bias, trained["model.output.bias"])
     assert not model.training

@@ -27,11 +27,10 @@ def tiny_config(cell: str = "ln_hyperlstm", **overrides) -> TranslationConfig:
     settings = dict(
         vocab_size=VOCAB,
         embedding_size=12,
-        hidden_size=16,
         encoder_layers=3,  # bidirectional, unidirectional, residual
         decoder_layers=3,  # bottom, upper, upper with residual
         dropout=0.0,
-        recurrent=RecurrentConfig(cell=cell, hyper_size=8, embedding_size=4),
+        recurrent=RecurrentConfig(cell=cell, hidden_size=16, hyper_size=8, n_z=4),
     )
     settings.update(overrides)
     return TranslationConfig(**settings)
@@ -138,7 +137,7 @@ def test_padding_does_not_change_a_sentence() -> None:
 def test_gnmt_layout() -> None:
     config = tiny_config(encoder_layers=3, decoder_layers=4)
     model = TranslationModel(config)
-    hidden, embedding = config.hidden_size, config.embedding_size
+    hidden, embedding = config.recurrent.hidden_size, config.embedding_size
     encoder_layers = model.encoder.layers
     assert [layer.bidirectional for layer in encoder_layers] == [True, False, False]
     assert model.encoder.output_size == hidden
@@ -212,9 +211,24 @@ def test_config_round_trip() -> None:
     config = tiny_config("hyperlstm", tie_embeddings=False)
     data = json.loads(json.dumps(config.to_dict()))
     assert TranslationConfig.from_dict(data) == config
-    assert config.recurrent.hidden_size == config.hidden_size  # one source of truth
     with pytest.raises(ValueError, match="decoder_layers=0 is invalid"):
         tiny_config(decoder_layers=0)
+
+
+def test_configs_saved_before_the_renames_read_as_today() -> None:
+    """Checkpoints and bundles keep their config as a dict: the hidden size once also sat at the
+    top, N_z was called embedding_size, and label smoothing was a model setting."""
+    legacy = {
+        "vocab_size": VOCAB, "embedding_size": 12, "hidden_size": 20, "label_smoothing": 0.1,
+        "recurrent": {"cell": "ln_hyperlstm", "hidden_size": 20, "hyper_size": 8,
+                      "embedding_size": 4},
+    }  # fmt: skip
+    config = TranslationConfig.from_dict(legacy)
+    recurrent = config.recurrent
+    assert (recurrent.hidden_size, recurrent.n_z, config.embedding_size) == (20, 4, 12)
+    assert not hasattr(config, "label_smoothing")
+    with pytest.raises(ValueError, match="embedding_size and n_z are the same setting"):
+        RecurrentConfig.from_dict({"embedding_size": 4, "n_z": 4})
 
 
 def test_scaled_embeddings_let_a_plain_lstm_attention_learn() -> None:
@@ -224,8 +238,8 @@ def test_scaled_embeddings_let_a_plain_lstm_attention_learn() -> None:
     def attention_gradient(scale_embeddings: bool) -> float:
         torch.manual_seed(0)
         config = TranslationConfig(
-            vocab_size=1000, embedding_size=256, hidden_size=304, dropout=0.0,
-            scale_embeddings=scale_embeddings, recurrent=RecurrentConfig(cell="lstm"),
+            vocab_size=1000, embedding_size=256, dropout=0.0, scale_embeddings=scale_embeddings,
+            recurrent=RecurrentConfig(cell="lstm", hidden_size=304),
         )  # fmt: skip
         model = TranslationModel(config)
         src, tgt = torch.randint(4, 1000, (8, 10)), torch.randint(4, 1000, (8, 10))

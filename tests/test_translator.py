@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fakes import FailingWordpieces
-from test_beam_search import A, B, C, TableModel
-from test_bundle import TEST_DECODING, multi30k_lines, tiny_translation_model, train_wordpieces
+from helpers import (
+    TEST_DECODING,
+    A,
+    B,
+    C,
+    FailingWordpieces,
+    TableModel,
+    multi30k_lines,
+    tiny_translation_model,
+    train_wordpieces,
+)
 
 from nmt.decoding import translate_texts
 from nmt.decoding.translator import Translator, TranslatorConfig

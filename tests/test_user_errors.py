@@ -7,11 +7,10 @@ import json
 import shutil
 
 import pytest
+from helpers import BEFORE_CHECKSUMS
 from pydantic import ValidationError
-from test_checkpoints import LEGACY
-from test_server_protections import bundle  # noqa: F401  (the bundle fixture)
 
-from nmt.bundle import MANIFEST, WORDPIECES, load_bundle
+from nmt.bundle import MANIFEST_NAME, WORDPIECES, load_bundle
 from nmt.cli import main as nmt_main
 from nmt.decoding import DecodingOptions
 from nmt.errors import UserError
@@ -38,7 +37,7 @@ def test_nmt_translate_invents_nothing_for_invisible_lines(tmp_path) -> None:
     source = tmp_path / "in.txt"
     source.write_text("\n".join(["A man.", *INVISIBLE]) + "\n")
     out = tmp_path / "out.txt"
-    argv = ["translate", "--checkpoint", str(LEGACY), "--input", str(source)]
+    argv = ["translate", "--checkpoint", str(BEFORE_CHECKSUMS), "--input", str(source)]
     assert nmt_main([*argv, "--output", str(out), "--beam-size", "1", "--no-progress"]) == 0
     lines = out.read_text().split("\n")
     assert len(lines) == len(INVISIBLE) + 2 and lines[1:] == [""] * (len(INVISIBLE) + 1)
@@ -54,8 +53,8 @@ def test_a_damaged_wordpiece_model_names_its_file(tmp_path, bundle) -> None:  # 
     shutil.copytree(bundle, edited)
     path = edited / WORDPIECES
     path.write_bytes(b"not a sentencepiece model")
-    manifest = json.loads((edited / MANIFEST).read_text())
+    manifest = json.loads((edited / MANIFEST_NAME).read_text())
     manifest["files"][WORDPIECES]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (edited / MANIFEST).write_text(json.dumps(manifest))
+    (edited / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(UserError, match=f"{path}: not a sentencepiece model"):
         load_bundle(edited)

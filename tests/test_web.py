@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from test_bundle import (
+from helpers import (
     TEST_DECODING,
     multi30k_lines,
+    running_server,
     tiny_char_lm,
     tiny_classifier,
     tiny_translation_model,
     train_wordpieces,
 )
-from test_server import start_server, stop_server
 
 from nmt.bundle import load_bundle, write_bundle
-from nmt.decoding.translate import pad_sources
+from nmt.decoding.batching import pad_sources
 from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -156,9 +156,8 @@ def bundles(tmp_path_factory, shared_data) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bundles):
     args = [item for task, path in bundles.items() for item in (f"--{task}", str(path))]
-    running = start_server(tmp_path_factory.mktemp("web-serve"), args, bundles)
-    yield running
-    stop_server(running)
+    with running_server(tmp_path_factory.mktemp("web-serve"), args, bundles) as running:
+        yield running
 
 
 # ----------------------------------------------------------------------------- no browser
@@ -375,8 +374,7 @@ def test_the_api_key_is_sent_and_a_401_is_explained(page):
 
 @pytest.mark.browser
 def test_a_missing_model_is_said_and_the_page_fits_a_phone(browser, bundles, tmp_path):
-    alone = start_server(tmp_path, ["--classify", str(bundles["classify"])], bundles)
-    try:
+    with running_server(tmp_path, ["--classify", str(bundles["classify"])], bundles) as alone:
         context = browser.new_context(viewport=PHONE)
         page = context.new_page()
         page.goto(alone.url + "/")
@@ -396,8 +394,6 @@ def test_a_missing_model_is_said_and_the_page_fits_a_phone(browser, bundles, tmp
                 assert labelled, name
         page.screenshot(path=tmp_path / "phone.png", full_page=True)
         context.close()
-    finally:
-        stop_server(alone)
 
 
 @pytest.mark.browser

@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from nmt.decoding.batching import model_device, pad_sources
 from nmt.decoding.beam_search import BeamSearch
 from nmt.decoding.documents import Document, split_document
 from nmt.decoding.model_interface import Decodable
 from nmt.decoding.options import DecodingOptions, Hypothesis
-from nmt.decoding.translate import model_device, pad_sources
 from nmt.errors import UserError
 from nmt.text_checks import is_blank
 

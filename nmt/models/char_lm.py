@@ -91,7 +91,7 @@ class CharLMConfig:
         values = dict(values)
         recurrent = values.pop("recurrent", {})
         if isinstance(recurrent, dict):
-            recurrent = RecurrentConfig(**recurrent)
+            recurrent = RecurrentConfig.from_dict(recurrent)
         return cls(recurrent=recurrent, **values)
 
 

@@ -21,6 +21,7 @@ from nmt.config_bounds import (
     MAX_IMAGE_SIZE,
     check_bool,
     check_int,
+    rename_keys,
 )
 from nmt.modules.static_hyper import StaticHyperKernel
 
@@ -34,7 +35,7 @@ class ConvNetConfig:
     kernel_size: int = 7
     num_classes: int = 10
     hyper: bool = True  # generate the second kernel with a static hypernetwork
-    embedding_size: int = 4  # N_z of the layer embedding (hyper only)
+    n_z: int = 4  # N_z: size of the layer embedding the hypernetwork reads (hyper only)
 
     def __post_init__(self) -> None:
         check_int(self, "image_size", 1, MAX_IMAGE_SIZE)
@@ -42,14 +43,15 @@ class ConvNetConfig:
         check_int(self, "kernel_size", 1, self.image_size)
         check_int(self, "num_classes", 2, MAX_CLASSES)
         check_bool(self, "hyper")
-        check_int(self, "embedding_size", 1, MAX_HYPER_EMBEDDING)
+        check_int(self, "n_z", 1, MAX_HYPER_EMBEDDING)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> ConvNetConfig:
-        return cls(**values)
+        """Also reads configs saved before ``n_z`` was called ``embedding_size``."""
+        return cls(**rename_keys(values, {"embedding_size": "n_z"}))
 
 
 class ConvNet(nn.Module):
@@ -59,7 +61,7 @@ class ConvNet(nn.Module):
         c, f = config.channels, config.kernel_size
         self.conv1 = nn.Conv2d(1, c, f, padding=f // 2)
         if config.hyper:
-            self.conv2_kernel = StaticHyperKernel(c, c, f, config.embedding_size)
+            self.conv2_kernel = StaticHyperKernel(c, c, f, config.n_z)
             self.conv2_bias = nn.Parameter(torch.zeros(c))
         else:
             self.conv2 = nn.Conv2d(c, c, f, padding=f // 2)

@@ -20,7 +20,7 @@ time through ``decode_step``; both paths compute the same function.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +45,13 @@ class TranslationConfig:
     """Everything that defines a translation model; saved with every checkpoint and bundle."""
 
     vocab_size: int = 8000  # shared source/target wordpiece vocabulary
-    embedding_size: int = 256
-    hidden_size: int = 256  # units per recurrent layer (overrides recurrent.hidden_size)
+    embedding_size: int = 256  # word embeddings (source, target, and the tied output layer)
     encoder_layers: int = 2  # the bottom one bidirectional
     decoder_layers: int = 2
-    recurrent: RecurrentConfig = field(default_factory=RecurrentConfig)
+    recurrent: RecurrentConfig = field(default_factory=RecurrentConfig)  # every layer's cell
     dropout: float = 0.2  # on embeddings, between layers and before the softmax
     tie_embeddings: bool = True  # decoder input embedding = output projection
     residual_from: int = 2  # 0-based index of the first layer with a residual connection
-    label_smoothing: float = 0.1
     # Multiply input embeddings by sqrt(embedding_size): rows are initialised (and tied to the
     # output layer) at about unit norm, which leaves components of ~embedding_size**-0.5; an
     # LSTM without layer norm then starts with states near 0.01 and its attention near uniform.
@@ -62,27 +60,31 @@ class TranslationConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.recurrent, dict):
-            self.recurrent = RecurrentConfig(**self.recurrent)
+            self.recurrent = RecurrentConfig.from_dict(self.recurrent)
         if not isinstance(self.recurrent, RecurrentConfig):
             raise ValueError(f"recurrent={self.recurrent!r} is invalid: need a mapping")
         check_int(self, "vocab_size", len(RESERVED_PIECES) + 1, MAX_VOCAB)
         check_int(self, "embedding_size", 1, MAX_WIDTH)
-        check_int(self, "hidden_size", 1, MAX_WIDTH)
         check_int(self, "encoder_layers", 1, MAX_LAYERS)
         check_int(self, "decoder_layers", 1, MAX_LAYERS)
         check_int(self, "residual_from", 0, MAX_LAYERS)
         check_fraction(self, "dropout")
-        check_fraction(self, "label_smoothing")
         check_bool(self, "tie_embeddings")
         check_bool(self, "scale_embeddings")
         check_bool(self, "input_feeding")
-        self.recurrent = replace(self.recurrent, hidden_size=self.hidden_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TranslationConfig:
+        """Also reads configs saved before two moves: ``hidden_size`` (now only
+        ``recurrent.hidden_size``) and ``label_smoothing`` (now the training task's)."""
+        data = dict(data)
+        data.pop("label_smoothing", None)
+        recurrent = data.get("recurrent", {})
+        if "hidden_size" in data and isinstance(recurrent, dict):
+            data["recurrent"] = {**recurrent, "hidden_size": data.pop("hidden_size")}
         return cls(**data)
 
 
@@ -123,7 +125,7 @@ class TranslationModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        hidden = c.hidden_size
+        hidden = c.recurrent.hidden_size
 
         self.src_embedding = nn.Embedding(c.vocab_size, c.embedding_size, padding_idx=PAD_ID)
         self.encoder = RecurrentStack(

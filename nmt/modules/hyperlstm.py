@@ -38,6 +38,7 @@ from nmt.modules.lstm import (
     PointwiseCache,
     batch_first_outputs,
     dropout_mask,
+    gate_major,
     gate_math,
     orthogonal_gates_,
 )
@@ -156,11 +157,6 @@ def linear_int8(x: Tensor, packed: object) -> Tensor:
     """x @ W.T with the prepacked int8 W (x quantised per call; reduce_range as fbgemm needs)."""
     out = torch.ops.quantized.linear_dynamic(x.float(), packed, REDUCE_RANGE)
     return out.to(x.dtype)
-
-
-def gate_major(rows: Tensor, units: int) -> Tensor:
-    """(B, 4N) gate blocks side by side -> a (4, B, N) view, gate first."""
-    return rows.view(rows.shape[0], NUM_GATES, units).transpose(0, 1)
 
 
 def _hyper_pre_activation(
@@ -450,13 +446,13 @@ class HyperLSTMCell(nn.Module):
     always a layer-norm LSTM, as in the paper)."""
 
     def __init__(
-        self, input_size: int, hidden_size: int, hyper_size: int = 128, embedding_size: int = 32,
+        self, input_size: int, hidden_size: int, hyper_size: int = 128, n_z: int = 32,
         layer_norm: bool = True, forget_bias: float = 1.0, recurrent_dropout: float = 0.0,
         compile: bool = False, fused: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
-        self.hyper_size, self.embedding_size = hyper_size, embedding_size
+        self.hyper_size, self.n_z = hyper_size, n_z
         self.layer_norm, self.forget_bias = layer_norm, forget_bias
         self.recurrent_dropout = recurrent_dropout
         self.compile = compile  # fuse the gate arithmetic with torch.compile
@@ -466,7 +462,7 @@ class HyperLSTMCell(nn.Module):
         # int8 products for inference (see quantize_int8_); (parameter versions, packed weights)
         self.int8 = False
         self._cached_int8: tuple[tuple, Int8Weights] | None = None
-        gates, n_z = NUM_GATES * hidden_size, embedding_size
+        gates = NUM_GATES * hidden_size
         self.hyper = LayerNormLSTMCell(
             hidden_size + input_size, hyper_size, forget_bias, recurrent_dropout
         )
@@ -508,7 +504,7 @@ class HyperLSTMCell(nn.Module):
         hidden = self.hidden_size
         hyper = self.hyper
         recurrent = torch.cat([hyper.input_weight[:, :hidden], self.recurrent_weight])
-        z_bias = torch.cat([self.z_bias, self.z_bias.new_zeros(NUM_GATES * self.embedding_size)])
+        z_bias = torch.cat([self.z_bias, self.z_bias.new_zeros(NUM_GATES * self.n_z)])
         bias = self.bias if self.layer_norm else self.bias + self._forget_shift()
         if self.layer_norm:
             norms = (

@@ -216,6 +216,30 @@ def batch_first_outputs(outputs: Tensor, lengths: Tensor | None) -> Tensor:
     return outputs.contiguous()
 
 
+class LayerNormLSTMWeights(NamedTuple):
+    """The cell's parameters as the recurrence uses them (``LayerNormLSTMCell.recurrence_weights``);
+    the autograd function takes them as ``*weights`` and returns their gradients in this order."""
+
+    recurrent: Tensor  # (4N, N) W_h
+    gate_norm_weight: Tensor  # (4, N)
+    gate_norm_bias: Tensor  # (4, N), the forget bias included
+    cell_norm_weight: Tensor  # (N,)
+    cell_norm_bias: Tensor  # (N,)
+
+    @property
+    def gate_norm(self) -> Affine:  # broadcast over the batch of (4, B, N) pre-activations
+        return Affine(self.gate_norm_weight.unsqueeze(1), self.gate_norm_bias.unsqueeze(1))
+
+    @property
+    def cell_norm(self) -> Affine:
+        return Affine(self.cell_norm_weight, self.cell_norm_bias)
+
+
+def gate_major(rows: Tensor, units: int) -> Tensor:
+    """(B, 4N) gate blocks side by side -> a (4, B, N) view, gate first."""
+    return rows.view(rows.shape[0], NUM_GATES, units).transpose(0, 1)
+
+
 class _LayerNormLSTMSequence(torch.autograd.Function):
     """Whole-sequence layer-norm LSTM with a hand-written backward.
 
@@ -224,28 +248,25 @@ class _LayerNormLSTMSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, projected, h0, c0, recurrent_weight, gate_w, gate_b, cell_w, cell_b, g_mask,
-        lengths, compiled,
-    ):  # fmt: skip
-        math = gate_math(compiled)
+    def forward(ctx, projected, lengths, g_mask, compiled, h0, c0, *weights):
+        """projected (T, B, 4N) = W_x x_t for every step; lengths (B,) or None; g_mask
+        (T, B, N) or None; h0, c0 (B, N); weights: the fields of ``LayerNormLSTMWeights``."""
+        w = LayerNormLSTMWeights(*weights)
+        gate_ops = gate_math(compiled)
         steps, batch, _ = projected.shape
         units = h0.shape[-1]
-        gate_norm = Affine(gate_w.unsqueeze(1), gate_b.unsqueeze(1))
-        cell_norm = Affine(cell_w, cell_b)
         hiddens, cells, caches = [h0], [c0], []
         for t in range(steps):
-            pre = torch.addmm(projected[t], hiddens[t], recurrent_weight.t())
-            pre = pre.view(batch, NUM_GATES, units).transpose(0, 1)
+            pre = gate_major(torch.addmm(projected[t], hiddens[t], w.recurrent.t()), units)
             mask = None if g_mask is None else g_mask[t]
-            hidden, cell, cache = math.forward(pre, cells[t], gate_norm, cell_norm, mask)
+            hidden, cell, cache = gate_ops.forward(pre, cells[t], w.gate_norm, w.cell_norm, mask)
             hiddens.append(hidden)
             cells.append(cell)
             caches.append(cache)
         ends = SequenceEnds(lengths, steps, batch, h0.device)
         hiddens = torch.stack(hiddens)
         ctx.caches, ctx.cells, ctx.ends, ctx.compiled = caches, cells, ends, compiled
-        ctx.save_for_backward(hiddens, recurrent_weight, gate_w, cell_w, g_mask)
+        ctx.save_for_backward(hiddens, w.recurrent, w.gate_norm_weight, w.cell_norm_weight, g_mask)
         ctx.set_materialize_grads(False)
         outputs = hiddens[1:]
         return outputs, ends.gather(outputs), ends.gather(torch.stack(cells[1:]))
@@ -256,7 +277,7 @@ class _LayerNormLSTMSequence(torch.autograd.Function):
         caches, cells, ends = ctx.caches, ctx.cells, ctx.ends
         pointwise_backward = gate_math(ctx.compiled).backward
         steps, batch, units = hiddens.shape[0] - 1, hiddens.shape[1], hiddens.shape[2]
-        gate_norm = Affine(gate_w.unsqueeze(1), None)
+        gate_norm = Affine(gate_w.unsqueeze(1), None)  # the backward needs the scales only
         cell_norm = Affine(cell_w, None)
         grad_projected = hiddens.new_empty(steps, batch, NUM_GATES * units)
         grad_h = torch.zeros_like(hiddens[0])
@@ -271,15 +292,12 @@ class _LayerNormLSTMSequence(torch.autograd.Function):
             grad_pre, grad_c = pointwise_backward(
                 grad_h, grad_c, cells[t], caches[t], gate_norm, cell_norm, mask, norm_grads
             )
-            grad_projected[t].view(batch, NUM_GATES, units).transpose(0, 1).copy_(grad_pre)
+            gate_major(grad_projected[t], units).copy_(grad_pre)
             grad_h = grad_projected[t] @ recurrent_weight
         flat = grad_projected.view(steps * batch, -1)
         grad_recurrent = flat.t() @ hiddens[:-1].reshape(steps * batch, units)
-        grad_gate_w, grad_gate_b, grad_cell_w, grad_cell_b = norm_grads.totals()
-        return (
-            grad_projected, grad_h, grad_c, grad_recurrent,
-            grad_gate_w, grad_gate_b, grad_cell_w, grad_cell_b, None, None, None,
-        )  # fmt: skip
+        grad_weights = LayerNormLSTMWeights(grad_recurrent, *norm_grads.totals())
+        return grad_projected, None, None, None, grad_h, grad_c, *grad_weights
 
 
 class LayerNormLSTMCell(nn.Module):
@@ -313,6 +331,12 @@ class LayerNormLSTMCell(nn.Module):
         shift[FORGET_GATE] = self.forget_bias
         return self.gate_norm_bias + shift
 
+    def recurrence_weights(self) -> LayerNormLSTMWeights:
+        return LayerNormLSTMWeights(
+            self.recurrent_weight, self.gate_norm_weight, self.gate_bias(),
+            self.cell_norm_weight, self.cell_norm_bias,
+        )  # fmt: skip
+
     def forward(self, inputs: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
         steps, batch = inputs.shape[1], inputs.shape[0]
         projected = F.linear(inputs.transpose(0, 1), self.input_weight)
@@ -320,19 +344,18 @@ class LayerNormLSTMCell(nn.Module):
             self.recurrent_dropout, (steps, batch, self.hidden_size), inputs, self.training
         )
         outputs, *final = _LayerNormLSTMSequence.apply(
-            projected, *state, self.recurrent_weight, self.gate_norm_weight, self.gate_bias(),
-            self.cell_norm_weight, self.cell_norm_bias, g_mask, lengths, self.compile,
-        )  # fmt: skip
+            projected, lengths, g_mask, self.compile, *state, *self.recurrence_weights()
+        )
         return batch_first_outputs(outputs, lengths), tuple(final)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        pre = F.linear(x, self.input_weight) + F.linear(h, self.recurrent_weight)
-        pre = pre.view(x.shape[0], NUM_GATES, self.hidden_size).transpose(0, 1)
-        gate_norm = Affine(self.gate_norm_weight.unsqueeze(1), self.gate_bias().unsqueeze(1))
-        cell_norm = Affine(self.cell_norm_weight, self.cell_norm_bias)
+        w = self.recurrence_weights()
+        pre = F.linear(x, self.input_weight) + F.linear(h, w.recurrent)
         mask = dropout_mask(self.recurrent_dropout, h.shape, h, self.training)
-        h, c, _ = lstm_pointwise(pre, c, gate_norm, cell_norm, mask)
+        h, c, _ = lstm_pointwise(
+            gate_major(pre, self.hidden_size), c, w.gate_norm, w.cell_norm, mask
+        )
         return h, (h, c)
 
 
@@ -359,7 +382,8 @@ class TorchLSTMCell(nn.Module):
         with torch.no_grad():
             self.lstm.bias_ih_l0.zero_()
             self.lstm.bias_hh_l0.zero_()
-            self.lstm.bias_ih_l0[hidden_size : 2 * hidden_size] = forget_bias  # order i, f, g, o
+            # the forget gate is second in torch.nn.LSTM's order (i, f, g, o), as in ours
+            self.lstm.bias_ih_l0.view(NUM_GATES, hidden_size)[FORGET_GATE] = forget_bias
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)

@@ -25,6 +25,7 @@ from nmt.config_bounds import (
     check_float,
     check_fraction,
     check_int,
+    rename_keys,
 )
 from nmt.modules.hyperlstm import HyperLSTMCell
 from nmt.modules.lstm import LayerNormLSTMCell, TorchLSTMCell
@@ -38,7 +39,7 @@ class RecurrentConfig:
     cell: str = "ln_hyperlstm"  # "lstm" | "ln_lstm" | "hyperlstm" | "ln_hyperlstm"
     hidden_size: int = 256
     hyper_size: int = 128  # N_hyper: units of the hyper LSTM
-    embedding_size: int = 32  # N_z
+    n_z: int = 32  # N_z: size of the embeddings z from which the weight scalings d are made
     recurrent_dropout: float = 0.0  # dropout on the candidate g (and the hyper cell's g)
     forget_bias: float = 1.0  # added to the forget gate pre-activation
     compile: bool = False  # fuse the per-step gate arithmetic with torch.compile (slow first call)
@@ -49,10 +50,15 @@ class RecurrentConfig:
             raise ValueError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         check_int(self, "hidden_size", 1, MAX_WIDTH)
         check_int(self, "hyper_size", 1, MAX_HYPER_WIDTH)
-        check_int(self, "embedding_size", 1, MAX_HYPER_EMBEDDING)
+        check_int(self, "n_z", 1, MAX_HYPER_EMBEDDING)
         check_fraction(self, "recurrent_dropout")
         check_float(self, "forget_bias", -MAX_FORGET_BIAS, MAX_FORGET_BIAS)
         check_bool(self, "compile")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RecurrentConfig:
+        """Also reads configs saved before ``n_z`` was called ``embedding_size``."""
+        return cls(**rename_keys(values, {"embedding_size": "n_z"}))
 
 
 def make_cell(input_size: int, config: RecurrentConfig) -> nn.Module:
@@ -66,7 +72,7 @@ def make_cell(input_size: int, config: RecurrentConfig) -> nn.Module:
     if config.cell == "ln_lstm":
         return LayerNormLSTMCell(input_size, config.hidden_size, **common)
     return HyperLSTMCell(
-        input_size, config.hidden_size, config.hyper_size, config.embedding_size,
+        input_size, config.hidden_size, config.hyper_size, config.n_z,
         layer_norm=config.cell == "ln_hyperlstm", fused=config.fused_kernels, **common,
     )  # fmt: skip
 

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 
 def generated_kernel_parameters(
-    in_channels: int, out_channels: int, kernel_size: tuple[int, int], embedding_size: int
+    in_channels: int, out_channels: int, kernel_size: tuple[int, int], n_z: int
 ) -> int:
     """Parameters of a ``StaticHyperKernel`` (the formula of the module docstring)."""
-    n_z, slice_size = embedding_size, out_channels * kernel_size[0] * kernel_size[1]
+    slice_size = out_channels * kernel_size[0] * kernel_size[1]
     return n_z + in_channels * (n_z * n_z + n_z) + (n_z + 1) * slice_size
 
 
@@ -40,19 +40,19 @@ class StaticHyperKernel(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int],
-        embedding_size: int = 4,
+        n_z: int = 4,
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (
             (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         )
-        self.embedding_size = embedding_size
+        self.n_z = n_z
         slice_size = out_channels * self.kernel_size[0] * self.kernel_size[1]
-        self.z = nn.Parameter(torch.empty(embedding_size))
-        self.w_in = nn.Parameter(torch.empty(in_channels, embedding_size, embedding_size))
-        self.b_in = nn.Parameter(torch.empty(in_channels, embedding_size))
-        self.w_out = nn.Parameter(torch.empty(slice_size, embedding_size))
+        self.z = nn.Parameter(torch.empty(n_z))
+        self.w_in = nn.Parameter(torch.empty(in_channels, n_z, n_z))
+        self.b_in = nn.Parameter(torch.empty(in_channels, n_z))
+        self.w_out = nn.Parameter(torch.empty(slice_size, n_z))
         self.b_out = nn.Parameter(torch.empty(slice_size))
         self.reset_parameters()
 
@@ -65,9 +65,9 @@ class StaticHyperKernel(nn.Module):
             for w in self.w_in:
                 nn.init.orthogonal_(w)
             # a_i = W_i z has the norm of z; rescale so each entry of a_i has unit variance
-            self.w_in.mul_(math.sqrt(self.embedding_size) / z_norm)
+            self.w_in.mul_(math.sqrt(self.n_z) / z_norm)
         nn.init.zeros_(self.b_in)
-        nn.init.normal_(self.w_out, std=kernel_std / math.sqrt(self.embedding_size))
+        nn.init.normal_(self.w_out, std=kernel_std / math.sqrt(self.n_z))
         nn.init.zeros_(self.b_out)
 
     def forward(self) -> Tensor:
@@ -79,5 +79,5 @@ class StaticHyperKernel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"embedding_size={self.embedding_size}"
+            f"n_z={self.n_z}"
         )

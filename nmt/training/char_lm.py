@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from nmt.checkpoints import CHECKPOINT_KEY
 from nmt.errors import UserError
 from nmt.models.char_lm import CharLM, CharLMConfig, CharVocabulary
 from nmt.special_tokens import PAD_ID
 from nmt.training.schedules import cosine_schedule
+from nmt.training.task import TEST, TRAIN, VAL, Task
 
 SPLITS = ("train", "valid", "test")
 IGNORE_INDEX = -100  # targets that are padding: no loss, not counted in bpc
@@ -119,30 +121,30 @@ def detach_states(states: list[tuple[Tensor, ...]]) -> list[tuple[Tensor, ...]]:
     return [tuple(t.detach() for t in state) for state in states]
 
 
-class CharLMTask(L.LightningModule):
+class CharLMTask(Task):
     """Next-character cross entropy with the state carried across consecutive windows; logs
     bits per character (``<split>/bpc``), exact over the whole split at the end of an epoch.
 
     Args:
-        model: the model's configuration (saved in every checkpoint).
+        architecture: the model's configuration (saved in every checkpoint).
         learning_rate: Adam's (peak) learning rate.
         lr_schedule: ``constant``, or ``cosine``: annealed to ``final_learning_rate`` over the
             run's training steps (``trainer.max_steps``, else ``max_epochs`` epochs).
         final_learning_rate: where the cosine schedule ends.
     """
 
+    name = "char_lm"
+
     def __init__(
         self,
-        model: CharLMConfig | None = None,
+        architecture: CharLMConfig | None = None,
         learning_rate: float = 1e-3,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         final_learning_rate: float = 0.0,
     ):
-        super().__init__()
         if lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr_schedule must be constant or cosine, not {lr_schedule!r}")
-        self.save_hyperparameters()
-        self.model = CharLM(model or CharLMConfig())
+        super().__init__(CharLM(architecture or CharLMConfig()))
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.final_learning_rate = final_learning_rate
@@ -178,29 +180,29 @@ class CharLMTask(L.LightningModule):
                 loss / math.log(2),
                 prog_bar=True,
                 batch_size=count,
-                on_step=split == "train",
+                on_step=split == TRAIN,
                 on_epoch=True,
-                sync_dist=split != "train",
+                sync_dist=split != TRAIN,
             )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, TRAIN)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "valid")
+        self._step(batch, VAL)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, TEST)
 
     def on_train_epoch_start(self) -> None:
-        self._states.pop("train", None)
+        self._states.pop(TRAIN, None)
 
     def on_validation_epoch_start(self) -> None:
-        self._states.pop("valid", None)
+        self._states.pop(VAL, None)
 
     def on_test_epoch_start(self) -> None:
-        self._states.pop("test", None)
+        self._states.pop(TEST, None)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
@@ -213,13 +215,8 @@ class CharLMTask(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # what a plain-torch loader (the server) needs, without Lightning
-        checkpoint["hypernmt"] = {
-            "task": "char_lm",
-            "model_config": self.model.config.to_dict(),
-            "vocabulary": self.vocabulary,
-        }
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.vocabulary = checkpoint.get("hypernmt", {}).get("vocabulary")
+        self.vocabulary = checkpoint.get(CHECKPOINT_KEY, {}).get("vocabulary")

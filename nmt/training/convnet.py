@@ -24,6 +24,7 @@ from torch.utils.data import (
 
 from nmt.errors import UserError
 from nmt.models.convnet import ConvNet, ConvNetConfig
+from nmt.training.task import TEST, TRAIN, VAL, Task
 
 SPLITS = ("train", "valid", "test")
 PIXEL_MAX = 255.0
@@ -94,19 +95,20 @@ class MNISTDataModule(L.LightningDataModule):
         return images, labels
 
 
-class ClassifyTask(L.LightningModule):
+class ClassifyTask(Task):
     """Cross-entropy training of a ``ConvNet``; logs loss and error rate (%) per split."""
+
+    name = "classify"
 
     def __init__(
         self,
-        model: ConvNetConfig | None = None,
+        architecture: ConvNetConfig | None = None,
         learning_rate: float = 1e-3,
         lr_decay: float = 1.0,
     ):
-        """``lr_decay``: the learning rate is multiplied by this after every epoch."""
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = ConvNet(model or ConvNetConfig())
+        """``architecture``: the model's configuration (saved in every checkpoint);
+        ``lr_decay``: the learning rate is multiplied by this after every epoch."""
+        super().__init__(ConvNet(architecture or ConvNetConfig()))
         self.learning_rate, self.lr_decay = learning_rate, lr_decay
 
     def forward(self, images: Tensor) -> Tensor:
@@ -117,7 +119,7 @@ class ClassifyTask(L.LightningModule):
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels)
         error = (logits.argmax(-1) != labels).float().mean() * 100
-        on_step = split == "train"
+        on_step = split == TRAIN
         size = len(labels)
         self.log(
             f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=size
@@ -128,13 +130,13 @@ class ClassifyTask(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, TRAIN)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "valid")
+        self._step(batch, VAL)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, TEST)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
@@ -143,7 +145,3 @@ class ClassifyTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
         }
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # what a plain-torch loader (the server) needs, without Lightning
-        checkpoint["hypernmt"] = {"task": "classify", "model_config": self.model.config.to_dict()}

@@ -23,12 +23,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nmt.checkpoints import CHECKPOINT_KEY, hypernmt_metadata
 from nmt.corpus import PreparedCorpus
 from nmt.errors import UserError
 from nmt.models.translation import TranslationConfig, TranslationModel, label_smoothed_loss
 from nmt.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.training.schedules import inverse_sqrt_schedule
+from nmt.training.task import TEST, TRAIN, VAL, Task
 
 # ---------------------------------------------------------------------------- batching
 
@@ -306,7 +306,7 @@ class TranslationDataModule(L.LightningDataModule):
 # ---------------------------------------------------------------------------- task
 
 
-class TranslationTask(L.LightningModule):
+class TranslationTask(Task):
     """Trains a TranslationModel: label-smoothed loss, Adam, validation loss and greedy BLEU.
 
     Args:
@@ -314,6 +314,7 @@ class TranslationTask(L.LightningModule):
         learning_rate: Adam's peak learning rate (paper: 1e-3).
         warmup_steps: linear warm-up, then inverse-square-root decay (0: constant).
         betas: Adam's betas.
+        label_smoothing: the training loss's label smoothing (validation loss is plain NLL).
         bleu_sentences: validation BLEU on the first this-many sentences of the validation
             split (by index), all of them when None; greedy decoding.
         max_decode_length: cap on generated wordpieces when decoding for BLEU.
@@ -321,21 +322,26 @@ class TranslationTask(L.LightningModule):
             the same masks as an uninterrupted one.
     """
 
+    name = "translation"
+
     def __init__(
         self,
         architecture: TranslationConfig,
         learning_rate: float = 1e-3,
         warmup_steps: int = 0,
         betas: tuple[float, float] = (0.9, 0.999),
+        label_smoothing: float = 0.1,
         bleu_sentences: int | None = None,
         max_decode_length: int = 100,
         seed: int = 1,
     ) -> None:
-        super().__init__()
-        self.model = TranslationModel(architecture)
+        super().__init__(TranslationModel(architecture))
         self.learning_rate = learning_rate
         self.warmup_steps = warmup_steps
         self.betas = betas
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UserError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
+        self.label_smoothing = label_smoothing
         self.bleu_sentences = bleu_sentences
         self.max_decode_length = max_decode_length
         self.seed = seed
@@ -358,10 +364,8 @@ class TranslationTask(L.LightningModule):
                 f"the corpus {self._datamodule.corpus_dir} has {vocab_size} wordpieces"
             )
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = hypernmt_metadata(
-            "translation", self.model.config.to_dict(), self._datamodule.wordpieces
-        )
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"wordpieces": self._datamodule.wordpieces.model_bytes}
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.learning_rate, betas=self.betas)
@@ -378,15 +382,15 @@ class TranslationTask(L.LightningModule):
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         logits = self.model(batch["src_ids"], batch["src_lengths"], batch["tgt_in"])
-        return label_smoothed_loss(logits, batch["tgt_out"], self.model.config.label_smoothing)
+        return label_smoothed_loss(logits, batch["tgt_out"], self.label_smoothing)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss_sum, nll_sum, tokens = self._loss(batch)
         loss = loss_sum / tokens
         batch_size = batch["src_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/nll", nll_sum / tokens, batch_size=batch_size)
-        self.log("train/tokens", tokens.float(), reduce_fx="sum", batch_size=batch_size)
+        self.log(f"{TRAIN}/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log(f"{TRAIN}/nll", nll_sum / tokens, batch_size=batch_size)
+        self.log(f"{TRAIN}/tokens", tokens.float(), reduce_fx="sum", batch_size=batch_size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
@@ -435,20 +439,20 @@ class TranslationTask(L.LightningModule):
         self.log(f"{prefix}/ppl", nll.exp().float())
         bleu = bleu_from_statistics(reduced["bleu_stats"])
         self.log(f"{prefix}/bleu", bleu, prog_bar=True)
-        if prefix == "test":
+        if prefix == TEST:
             rank_zero_info(f"test BLEU {bleu:.2f} (greedy), sacreBLEU {bleu_signature()}")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
+        self._log_eval(VAL)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
+        self._log_eval(TEST)
 
 
 # ---------------------------------------------------------------------------- BLEU

@@ -25,10 +25,10 @@ from data_prep.encoding import encode_split
 from data_prep.reading import ENCODING_ERRORS
 from data_prep.sources import CORPORA, TRAIN_SPLIT, SplitSource, resolve
 from data_prep.wordpiece_training import MODEL_TYPES, WordpieceConfig, train_wordpieces
-from nmt.corpus import MANIFEST_NAME, WORDPIECES_NAME, PreparedCorpus
+from nmt.corpus import WORDPIECES_NAME, PreparedCorpus
 from nmt.errors import UserError
 from nmt.io import atomic_directory
-from nmt.versions import package_versions
+from nmt.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from nmt.wordpieces import Wordpieces
 
 if TYPE_CHECKING:
@@ -224,28 +224,27 @@ def prepare(
         del texts, train, encoded
         shutil.rmtree(work, ignore_errors=True)
         clock.lap("encode_and_write")
-        manifest = {
-            "format": FORMAT_VERSION,
-            "kind": "translation",
-            "corpus": request.corpus,
-            "src_lang": request.src_lang,
-            "tgt_lang": request.tgt_lang,
-            "splits": splits,
-            "sources": described,
-            "cleaning": request.cleaning.to_dict(),
-            "wordpieces": {
+        manifest = new_manifest(
+            "translation",
+            VERSIONED_PACKAGES,
+            format=FORMAT_VERSION,
+            corpus=request.corpus,
+            src_lang=request.src_lang,
+            tgt_lang=request.tgt_lang,
+            splits=splits,
+            sources=described,
+            cleaning=request.cleaning.to_dict(),
+            wordpieces={
                 **request.wordpieces.trainer_options(),
                 "trained_on": TRAIN_SPLIT,
                 "shared": True,
             },
-            "errors": request.errors,
-            "versions": package_versions(VERSIONED_PACKAGES),
-            "command": command,
-            "fingerprint": fingerprint,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": clock.laps,
-        }
-        (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+            errors=request.errors,
+            command=command,
+            fingerprint=fingerprint,
+            seconds=clock.laps,
+        )
+        write_manifest(partial, manifest)
     return manifest
 
 
