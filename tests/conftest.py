@@ -14,6 +14,7 @@ import pytest
 from helpers import (
     CORPUS_PAIRS,
     CORPUS_VOCAB,
+    TEST_DATA,
     TEST_DECODING,
     tiny_translation_model,
     train_wordpieces,
@@ -22,6 +23,14 @@ from helpers import (
 from nmt.bundle import write_bundle
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CORPORA = TEST_DATA / "corpora"
+
+
+@pytest.fixture(scope="session")
+def corpora() -> Path:
+    """Slices of the real corpora committed in tests/data/corpora, in the layout of
+    ../shared/data (tests/data/make_corpora.py writes them): what the fast tests read."""
+    return CORPORA
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +45,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data: Path, tmp_path_factory) -> Path:
+def corpus(corpora: Path, tmp_path_factory) -> Path:
     """The first real Multi30k pairs of every split, prepared by ``nmt prep translation``."""
     from data_prep import parallel_corpus
 
     raw = tmp_path_factory.mktemp("multi30k")
     for split, count in CORPUS_PAIRS.items():
         for lang in ("en", "de"):
-            with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt") as file:
+            with gzip.open(corpora / "multi30k" / f"{split}.{lang}.gz", "rt") as file:
                 lines = "".join(next(file) for _ in range(count))
             (raw / f"{split}.{lang}.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
     out = tmp_path_factory.mktemp("prepared") / "multi30k.en-de"
@@ -54,12 +63,12 @@ def corpus(shared_data: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, shared_data) -> Path:
+def bundle(tmp_path_factory, corpora) -> Path:
     """A tiny translation bundle (untrained model, real wordpieces) for the server tests."""
     return write_bundle(
         tmp_path_factory.mktemp("bundles") / "en-de",
         task="translation",
         model=tiny_translation_model(),
-        wordpieces=train_wordpieces(shared_data).model_bytes,
+        wordpieces=train_wordpieces(corpora).model_bytes,
         decoding=TEST_DECODING,
     )

@@ -163,17 +163,17 @@ TINY_VOCAB = 500  # byte fallback alone takes 256 pieces
 TEST_DECODING = DecodingOptions(beam_size=3, max_length=12)  # untrained models run to the cap
 
 
-def multi30k_lines(shared_data: Path, split: str, lang: str, count: int) -> list[str]:
-    with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+def multi30k_lines(corpora: Path, split: str, lang: str, count: int) -> list[str]:
+    with gzip.open(corpora / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
         return [line.strip() for line in itertools.islice(f, count)]
 
 
-def train_wordpieces(shared_data: Path) -> Wordpieces:
+def train_wordpieces(corpora: Path) -> Wordpieces:
     """A small shared en+de sentencepiece model with the project's reserved ids."""
     import sentencepiece as spm
 
-    lines = multi30k_lines(shared_data, "train", "en", 1500)
-    lines += multi30k_lines(shared_data, "train", "de", 1500)
+    lines = multi30k_lines(corpora, "train", "en", 1500)
+    lines += multi30k_lines(corpora, "train", "de", 1500)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
@@ -206,9 +206,9 @@ def tiny_classifier(seed: int = 0) -> ConvNet:
     return ConvNet(ConvNetConfig(channels=4)).eval()
 
 
-def tiny_char_lm(shared_data: Path, seed: int = 0) -> tuple[CharLM, list[str]]:
+def tiny_char_lm(corpora: Path, seed: int = 0) -> tuple[CharLM, list[str]]:
     """An untrained LM over the symbols of the first PTB validation lines ("_" between words)."""
-    text = (shared_data / "ptb_char" / "ptb.char.valid.txt").read_text()[:5000]
+    text = (corpora / "ptb_char" / "ptb.char.valid.txt").read_text()[:5000]
     vocabulary = CharVocabulary.from_characters(set(text.split()) | {"\n"})
     torch.manual_seed(seed)
     config = CharLMConfig(vocab_size=len(vocabulary), embedding_size=8, recurrent=TINY_RECURRENT)

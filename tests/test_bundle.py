@@ -58,8 +58,8 @@ def safetensors_header(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def wordpieces(shared_data: Path) -> Wordpieces:
-    return train_wordpieces(shared_data)
+def wordpieces(corpora: Path) -> Wordpieces:
+    return train_wordpieces(corpora)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +86,8 @@ def translate(model, wordpieces, texts, options=TEST_DECODING) -> list[list[tupl
 # ----------------------------------------------------------------------------- export and load
 
 
-def test_bundle_translates_as_the_checkpoint(
-    translation_checkpoint, translation_bundle, shared_data
-):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+def test_bundle_translates_as_the_checkpoint(translation_checkpoint, translation_bundle, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 6)
     model, wordpieces = load_translation(translation_checkpoint)
     bundle = load_bundle(translation_bundle)
     assert bundle.task == "translation"
@@ -146,7 +144,7 @@ assert not any(name.split(".")[0] in ("lightning", "pytorch_lightning") for name
     assert result.returncode == 0, result.stderr
 
 
-def test_classify_and_char_lm_round_trip(tmp_path, shared_data):
+def test_classify_and_char_lm_round_trip(tmp_path, corpora):
     classifier = tiny_classifier()
     checkpoint = save_checkpoint(
         tmp_path / "mnist.ckpt",
@@ -158,7 +156,7 @@ def test_classify_and_char_lm_round_trip(tmp_path, shared_data):
     with torch.no_grad():
         assert torch.equal(bundle.model(images), classifier(images))
 
-    lm, symbols = tiny_char_lm(shared_data)
+    lm, symbols = tiny_char_lm(corpora)
     checkpoint = save_checkpoint(
         tmp_path / "lm.ckpt",
         lm,
@@ -174,7 +172,7 @@ def test_classify_and_char_lm_round_trip(tmp_path, shared_data):
 # ----------------------------------------------------------------------------- int8
 
 
-def test_int8_bundle_stores_int8_linears_and_stays_close(tmp_path, wordpieces, shared_data):
+def test_int8_bundle_stores_int8_linears_and_stays_close(tmp_path, wordpieces, corpora):
     model = tiny_translation_model()
     float_dir = write_bundle(
         tmp_path / "f", task="translation", model=model, wordpieces=wordpieces.model_bytes
@@ -195,7 +193,7 @@ def test_int8_bundle_stores_int8_linears_and_stays_close(tmp_path, wordpieces, s
     at_load = load_bundle(float_dir, quantize="int8").model
     assert isinstance(at_export.pre_output, torch.ao.nn.quantized.dynamic.Linear)
 
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 4)
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 4)
     src = [wordpieces.encode(text) + [EOS_ID] for text in texts]
     width = max(map(len, src))
     src_ids = torch.tensor([ids + [PAD_ID] * (width - len(ids)) for ids in src])

@@ -21,9 +21,9 @@ PTB_SYMBOLS = sorted(
 
 
 @pytest.fixture(scope="module")
-def ptb(shared_data, tmp_path_factory):
+def ptb(corpora, tmp_path_factory):
     out = tmp_path_factory.mktemp("ptb") / "ptb_char"
-    assert char_corpus.main(["--ptb", str(shared_data / "ptb_char"), "--out", str(out)]) == 0
+    assert char_corpus.main(["--ptb", str(corpora / "ptb_char"), "--out", str(out)]) == 0
     return out
 
 
@@ -33,22 +33,29 @@ def test_ptb_vocabulary_is_the_official_50_symbols(ptb):
     assert symbols == [*RESERVED_PIECES, *PTB_SYMBOLS]
 
 
-def test_ptb_splits_hold_every_symbol_in_order(ptb, shared_data):
+def test_ptb_splits_hold_every_symbol_in_order(ptb, corpora):
     vocabulary = CharVocabulary.load(ptb / "vocab.json")
     manifest = json.loads((ptb / "manifest.json").read_text())
     for split in ("train", "valid", "test"):
-        raw = (shared_data / "ptb_char" / f"ptb.char.{split}.txt").read_text()
+        raw = (corpora / "ptb_char" / f"ptb.char.{split}.txt").read_text()
         ids = np.load(ptb / f"{split}.npy", mmap_mode="r")
         # every symbol is followed by one space, the end of a line included
         assert len(ids) == len(raw) // 2 == manifest["splits"][split]["symbols"]
         assert ids.dtype == np.uint8 and UNK_ID not in set(np.unique(ids[:100_000]))
         head = 3_000
         assert vocabulary.decode(ids[:head].tolist()) == raw[: 2 * head : 2]
+
+
+@pytest.mark.slow
+def test_the_full_ptb_train_split_has_5_02m_symbols(shared_data, tmp_path):
+    out = tmp_path / "ptb_char"
+    assert char_corpus.main(["--ptb", str(shared_data / "ptb_char"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"]["train"]["symbols"] == 5_017_482  # "5.02M" of the data manifest
 
 
-def test_plain_text_is_split_by_fractions(shared_data, tmp_path):
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+def test_plain_text_is_split_by_fractions(corpora, tmp_path):
+    text = (corpora / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     text = text[: text.index("\n", 20_000) + 1]  # whole lines
     n = len(text)
     source = tmp_path / "shakespeare.txt"

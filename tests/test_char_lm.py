@@ -36,12 +36,12 @@ def tiny_config(cell: str, vocab_size: int = 54, dropout: float = 0.0) -> CharLM
 
 
 @pytest.fixture(scope="module")
-def ptb_slice(shared_data, tmp_path_factory):
+def ptb_slice(corpora, tmp_path_factory):
     """A prepared-corpus directory holding slices of the real PTB character splits."""
     from data_prep import char_corpus
 
     directory = tmp_path_factory.mktemp("ptb_slice")
-    source = shared_data / "ptb_char"
+    source = corpora / "ptb_char"
     splits = {
         split: char_corpus.ptb_symbols(source / f"ptb.char.{split}.txt")[:size]
         for split, size in (("train", 20_000), ("valid", 401), ("test", 401))

@@ -67,9 +67,9 @@ def test_random_crop_takes_windows_of_the_padded_image():
 
 
 @pytest.fixture(scope="module")
-def mnist_slice(shared_data, tmp_path_factory):
-    """The first 2,000 training and 500 valid/test images of the prepared real MNIST."""
-    arrays = mnist.load_splits(shared_data / "mnist")
+def mnist_slice(corpora, tmp_path_factory):
+    """2,000 training and 500 valid/test images of the real MNIST (the committed slice)."""
+    arrays = mnist.load_splits(corpora / "mnist", valid_size=500)
     directory = tmp_path_factory.mktemp("mnist_slice")
     for split, size in (("train", 2000), ("valid", 500), ("test", 500)):
         for kind in ("images", "labels"):

@@ -33,8 +33,8 @@ VOCAB = "600"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def real_lines(shared_data: Path, split: str, lang: str, count: int) -> list[str]:
-    with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+def real_lines(corpora: Path, split: str, lang: str, count: int) -> list[str]:
+    with gzip.open(corpora / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
         return [next(f).rstrip("\n") for _ in range(count)]
 
 
@@ -45,14 +45,12 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def multi30k_dir(shared_data: Path, tmp_path_factory) -> Path:
+def multi30k_dir(corpora: Path, tmp_path_factory) -> Path:
     """The first lines of each real Multi30k en/de/fr file, in the raw layout."""
     directory = tmp_path_factory.mktemp("multi30k")
     for split, count in SLICE.items():
         for lang in ("en", "de", "fr"):
-            write_lines(
-                directory / f"{split}.{lang}.gz", real_lines(shared_data, split, lang, count)
-            )
+            write_lines(directory / f"{split}.{lang}.gz", real_lines(corpora, split, lang, count))
     return directory
 
 
@@ -158,11 +156,11 @@ def test_manifest_contents(prepared: Path, multi30k_dir: Path) -> None:
 # --- wordpieces -------------------------------------------------------------------------------
 
 
-def test_wordpiece_round_trip_on_real_lines(prepared: Path, shared_data: Path) -> None:
+def test_wordpiece_round_trip_on_real_lines(prepared: Path, corpora: Path) -> None:
     wordpieces = PreparedCorpus(prepared).wordpieces
     # unseen lines (the test set) in both languages, umlauts and eszett included
-    lines = real_lines(shared_data, "test_2017_flickr", "de", 1000)
-    lines += real_lines(shared_data, "test_2017_flickr", "en", 1000)
+    lines = real_lines(corpora, "test_2017_flickr", "de", 1000)
+    lines += real_lines(corpora, "test_2017_flickr", "en", 1000)
     assert any(c in "".join(lines) for c in "äöüß")
     assert any("ß" in line for line in lines)
     for line in lines:
@@ -188,11 +186,11 @@ def test_wordpieces_special_ids_and_pickle(prepared: Path) -> None:
 # --- cleaning ---------------------------------------------------------------------------------
 
 
-def test_cleaning_steps_counted(shared_data: Path) -> None:
+def test_cleaning_steps_counted(corpora: Path) -> None:
     from datasets import Dataset
 
-    en = real_lines(shared_data, "train", "en", 20)
-    de = real_lines(shared_data, "train", "de", 20)
+    en = real_lines(corpora, "train", "en", 20)
+    de = real_lines(corpora, "train", "de", 20)
     src, tgt = list(en), list(de)
     src[1] = "\ufb01ve " + en[1]  # NFKC: the "fi" ligature becomes "fi"
     src[2] = en[2].replace(" ", "\u200b ", 1)  # a zero-width space (format character)
@@ -229,14 +227,14 @@ def test_cleaning_steps_counted(shared_data: Path) -> None:
     assert kept.num_rows == 20
 
 
-def test_worker_processes_give_the_same_result(prepared: Path, shared_data: Path) -> None:
+def test_worker_processes_give_the_same_result(prepared: Path, corpora: Path) -> None:
     """map(num_proc=2) pickles the cleaning config and the wordpieces into workers."""
     from datasets import Dataset
 
     from data_prep.encoding import encode_split
 
-    en = real_lines(shared_data, "train", "en", 600)
-    de = real_lines(shared_data, "train", "de", 600)
+    en = real_lines(corpora, "train", "en", 600)
+    de = real_lines(corpora, "train", "de", 600)
     dataset = Dataset.from_dict({"src": en + en[:50], "tgt": de + de[:50]})
     wordpieces = PreparedCorpus(prepared).wordpieces
     single, single_counts = clean_split(dataset, CleaningConfig())
@@ -246,10 +244,10 @@ def test_worker_processes_give_the_same_result(prepared: Path, shared_data: Path
     assert encode_split(parallel, wordpieces, num_proc=2)[:] == encode_split(single, wordpieces)[:]
 
 
-def test_filters_and_dedupe_through_the_command(multi30k_dir: Path, shared_data, tmp_path) -> None:
+def test_filters_and_dedupe_through_the_command(multi30k_dir: Path, corpora, tmp_path) -> None:
     """Defects in the training split are removed and counted; the same in a test set stay."""
-    en = real_lines(shared_data, "train", "en", 400)
-    de = real_lines(shared_data, "train", "de", 400)
+    en = real_lines(corpora, "train", "en", 400)
+    de = real_lines(corpora, "train", "de", 400)
     bad_en = en + [en[0], en[1], "", "  ", " ".join([en[2]] * 40)]
     bad_de = de + [de[0], de[1], de[2], "", de[3]]
     files = {
@@ -289,9 +287,9 @@ def files_args(tmp_path: Path, src: Path, tgt: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_line_count_mismatch_names_both_files(shared_data: Path, tmp_path: Path) -> None:
-    src = write_lines(tmp_path / "a.en.gz", real_lines(shared_data, "val", "en", 120))
-    tgt = write_lines(tmp_path / "a.de", real_lines(shared_data, "val", "de", 117))
+def test_line_count_mismatch_names_both_files(corpora: Path, tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "a.en.gz", real_lines(corpora, "val", "en", 120))
+    tgt = write_lines(tmp_path / "a.de", real_lines(corpora, "val", "de", 117))
     with pytest.raises(UserError) as error:
         prep(*files_args(tmp_path, src, tgt))
     message = str(error.value)
@@ -302,9 +300,9 @@ def test_line_count_mismatch_names_both_files(shared_data: Path, tmp_path: Path)
         list(read_parallel(tgt, src))
 
 
-def test_invalid_utf8_names_file_and_line(shared_data: Path, tmp_path: Path) -> None:
-    en = real_lines(shared_data, "val", "en", 300)
-    de = real_lines(shared_data, "val", "de", 300)
+def test_invalid_utf8_names_file_and_line(corpora: Path, tmp_path: Path) -> None:
+    en = real_lines(corpora, "val", "en", 300)
+    de = real_lines(corpora, "val", "de", 300)
     src = write_lines(tmp_path / "a.en", en)
     raw = [line.encode() for line in de]
     raw[41] = raw[41][:10] + b"\xff" + raw[41][10:]  # line 42: an invalid UTF-8 byte
@@ -327,8 +325,8 @@ def test_invalid_utf8_names_file_and_line(shared_data: Path, tmp_path: Path) -> 
     ],
     ids=["missing", "empty", "not-gzip", "truncated-gzip"],
 )
-def test_bad_files_are_one_line_errors(make, expected, shared_data: Path, tmp_path: Path):
-    src = write_lines(tmp_path / "a.en", real_lines(shared_data, "val", "en", 50))
+def test_bad_files_are_one_line_errors(make, expected, corpora: Path, tmp_path: Path):
+    src = write_lines(tmp_path / "a.en", real_lines(corpora, "val", "en", 50))
     tgt = tmp_path / "a.de.gz"
     make(tgt)
     with pytest.raises(UserError, match=expected) as error:
@@ -369,9 +367,9 @@ def test_prepared_corpus_errors(prepared: Path, tmp_path: Path) -> None:
 # --- rerun and interruption -------------------------------------------------------------------
 
 
-def test_rerun_reuses_and_changed_input_rebuilds(shared_data: Path, tmp_path: Path, capsys):
-    src = write_lines(tmp_path / "train.en", real_lines(shared_data, "train", "en", 300))
-    tgt = write_lines(tmp_path / "train.de", real_lines(shared_data, "train", "de", 300))
+def test_rerun_reuses_and_changed_input_rebuilds(corpora: Path, tmp_path: Path, capsys):
+    src = write_lines(tmp_path / "train.en", real_lines(corpora, "train", "en", 300))
+    tgt = write_lines(tmp_path / "train.de", real_lines(corpora, "train", "de", 300))
     args = [*files_args(tmp_path, src, tgt), "--vocab-size", "400"]
     prep(*args)
     manifest_path = tmp_path / "out" / "manifest.json"
@@ -383,8 +381,8 @@ def test_rerun_reuses_and_changed_input_rebuilds(shared_data: Path, tmp_path: Pa
     assert "Up to date (reused)" in capsys.readouterr().out
     assert manifest_path.stat().st_mtime_ns == stamp
 
-    write_lines(src, real_lines(shared_data, "train", "en", 280))
-    write_lines(tgt, real_lines(shared_data, "train", "de", 280))
+    write_lines(src, real_lines(corpora, "train", "en", 280))
+    write_lines(tgt, real_lines(corpora, "train", "de", 280))
     prep(*args)
     second = json.loads(manifest_path.read_text())
     assert second["fingerprint"] != first["fingerprint"]
@@ -396,10 +394,10 @@ def test_rerun_reuses_and_changed_input_rebuilds(shared_data: Path, tmp_path: Pa
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(
-    shared_data: Path, tmp_path: Path, monkeypatch
+    corpora: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    src = write_lines(tmp_path / "train.en", real_lines(shared_data, "train", "en", 300))
-    tgt = write_lines(tmp_path / "train.de", real_lines(shared_data, "train", "de", 300))
+    src = write_lines(tmp_path / "train.en", real_lines(corpora, "train", "en", 300))
+    tgt = write_lines(tmp_path / "train.de", real_lines(corpora, "train", "de", 300))
     args = [*files_args(tmp_path, src, tgt), "--vocab-size", "400"]
     out = tmp_path / "out"
 
@@ -431,9 +429,9 @@ def jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def test_tsv_and_jsonl_files(shared_data: Path, tmp_path: Path) -> None:
-    en = real_lines(shared_data, "train", "en", 300)
-    fr = real_lines(shared_data, "train", "fr", 300)
+def test_tsv_and_jsonl_files(corpora: Path, tmp_path: Path) -> None:
+    en = real_lines(corpora, "train", "en", 300)
+    fr = real_lines(corpora, "train", "fr", 300)
     rows = zip(["fr", *fr], ["en", *en], strict=True)  # a header row, then the pairs
     tsv = tmp_path / "train.tsv.gz"
     tsv.write_bytes(gzip.compress("".join(f"{a}\t{b}\n" for a, b in rows).encode()))
@@ -479,7 +477,7 @@ configs:
 """
 
 
-def test_wmt14_loader_on_a_local_copy_of_the_hub_layout(shared_data, tmp_path, hub_cache):
+def test_wmt14_loader_on_a_local_copy_of_the_hub_layout(corpora, tmp_path, hub_cache):
     """The wmt14 loader parses {"translation": {"en": ..., "fr": ...}} parquet records."""
     from datasets import Dataset
 
@@ -489,7 +487,7 @@ def test_wmt14_loader_on_a_local_copy_of_the_hub_layout(shared_data, tmp_path, h
     sizes = {"train": ("train", 400), "validation": ("val", 50), "test": ("test_2016_flickr", 60)}
     lines = {}
     for hub_split, (split, count) in sizes.items():
-        en, fr = (real_lines(shared_data, split, lang, count) for lang in ("en", "fr"))
+        en, fr = (real_lines(corpora, split, lang, count) for lang in ("en", "fr"))
         lines[hub_split] = (en, fr)
         records = [{"translation": {"en": a, "fr": b}} for a, b in zip(en, fr, strict=True)]
         parquet = repo / "fr-en" / f"{hub_split}-00000-of-00001.parquet"
@@ -505,25 +503,25 @@ def test_wmt14_loader_on_a_local_copy_of_the_hub_layout(shared_data, tmp_path, h
     assert corpus.manifest["sources"]["train"][0]["config"] == "fr-en"
 
 
-def test_multi30k_hub_loader_on_a_local_copy(shared_data, tmp_path, hub_cache):
+def test_multi30k_hub_loader_on_a_local_copy(corpora, tmp_path, hub_cache):
     """bentrevett/multi30k: train.jsonl, val.jsonl, test.jsonl of {"en": ..., "de": ...}."""
     repo = tmp_path / "multi30k-hub"
     repo.mkdir()
     splits = {"train": ("train", 400), "val": ("val", 50), "test": ("test_2016_flickr", 60)}
     for name, (split, count) in splits.items():
-        en, de = (real_lines(shared_data, split, lang, count) for lang in ("en", "de"))
+        en, de = (real_lines(corpora, split, lang, count) for lang in ("en", "de"))
         jsonl(repo / f"{name}.jsonl", [{"en": a, "de": b} for a, b in zip(en, de, strict=True)])
     out = tmp_path / "out"
     hub = [*"--corpus multi30k --vocab-size 400 --hub-repo".split(), str(repo), "--out", str(out)]
     prep(*hub, "--src", "de", "--tgt", "en")
     corpus = PreparedCorpus(out)
     assert corpus.split_names == ["train", "val", "test_2016_flickr"]
-    expected = real_lines(shared_data, "test_2016_flickr", "de", 60)
+    expected = real_lines(corpora, "test_2016_flickr", "de", 60)
     assert corpus.split("test_2016_flickr")["src_text"] == expected
     with pytest.raises(UserError, match="en-de only"):
         prep(*hub, "--src", "en", "--tgt", "fr")
 
-    en = real_lines(shared_data, "val", "en", 50)
+    en = real_lines(corpora, "val", "en", 50)
     records = [{"en": line, "de": line} for line in en]
     records[7] = {"en": en[7]}  # a record without its German side
     jsonl(repo / "val.jsonl", records)

@@ -172,7 +172,7 @@ def _run_all(commands: list[tuple[list[str], dict[str, str]]], directory: Path) 
 
 # ------------------------------------------------------------ data and configs
 @pytest.fixture(scope="session")
-def tiny_corpus(shared_data: Path, tmp_path_factory) -> Path:
+def tiny_corpus(corpora: Path, tmp_path_factory) -> Path:
     """The first real Multi30k en-de pairs, prepared by ``nmt prep translation``."""
     from data_prep import parallel_corpus
 
@@ -181,7 +181,7 @@ def tiny_corpus(shared_data: Path, tmp_path_factory) -> Path:
     for split, count in (("train", TRAIN_PAIRS), ("val", VAL_PAIRS)):
         files = []
         for lang in ("en", "de"):
-            with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt") as source:
+            with gzip.open(corpora / "multi30k" / f"{split}.{lang}.gz", "rt") as source:
                 lines = [next(source) for _ in range(count)]
             path = raw / f"{split}.{lang}"
             path.write_text("".join(lines), encoding="utf-8")

@@ -43,13 +43,13 @@ TRAIN_STEPS, TRAIN_BATCH = 50, 24
 LABEL_SMOOTHING = 0.1  # the training task's default
 
 
-def real_lines(shared_data: Path, split: str, lang: str, count: int) -> list[str]:
-    with gzip.open(shared_data / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+def real_lines(corpora: Path, split: str, lang: str, count: int) -> list[str]:
+    with gzip.open(corpora / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
         return [next(f).rstrip("\n") for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
-def files(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
+def files(corpora: Path, tmp_path_factory) -> dict[str, Path]:
     """Slices of the real Multi30k files: train.{en,de} and test.{en,de} (test gzipped)."""
     directory = tmp_path_factory.mktemp("multi30k")
     paths = {}
@@ -59,7 +59,7 @@ def files(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     ):
         for lang in ("en", "de"):
             path = directory / f"{name}.{lang}{suffix}"
-            data = "".join(f"{line}\n" for line in real_lines(shared_data, split, lang, count))
+            data = "".join(f"{line}\n" for line in real_lines(corpora, split, lang, count))
             path.write_bytes(gzip.compress(data.encode()) if suffix else data.encode())
             paths[f"{name}.{lang}"] = path
     return paths

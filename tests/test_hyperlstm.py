@@ -332,8 +332,8 @@ def char_lm_loss_after_training(text: str, steps: int, compile: bool = False) ->
     return sum(losses[-20:]) / 20, len(vocab)
 
 
-def test_char_lm_fits_tiny_shakespeare(shared_data):
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:20_000]
+def test_char_lm_fits_tiny_shakespeare(corpora):
+    text = (corpora / "tinyshakespeare" / "input.txt").read_text()[:20_000]
     loss, vocab = char_lm_loss_after_training(text, steps=120)
     chance = math.log(vocab)
     assert loss < 0.7 * chance, f"loss {loss:.3f} nats vs chance {chance:.3f}"

@@ -44,10 +44,10 @@ from serve.translation_api import AdmissionConfig
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, shared_data) -> dict[str, Path]:
+def bundles(tmp_path_factory, corpora) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("bundles")
-    wordpieces = train_wordpieces(shared_data)
-    lm, symbols = tiny_char_lm(shared_data)
+    wordpieces = train_wordpieces(corpora)
+    lm, symbols = tiny_char_lm(corpora)
     return {
         "translate": write_bundle(
             directory / "en-de",
@@ -121,8 +121,8 @@ def test_health_models_and_openapi(server):
     )
 
 
-def test_translate_as_in_process(server, loaded, shared_data):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 5)
+def test_translate_as_in_process(server, loaded, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 5)
     expected = in_process_translations(loaded["translate"], texts, nbest=2)
     answer = server.post("/translate", {"text": texts, "nbest": 2})
     assert answer.status_code == 200, answer.text
@@ -138,8 +138,8 @@ def test_translate_as_in_process(server, loaded, shared_data):
     assert [t["text"] for t in one] == [expected[0][0][0]] and one[0]["nbest"] is None
 
 
-def test_concurrent_requests_are_served_right_and_batched(server, loaded, shared_data):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 12)
+def test_concurrent_requests_are_served_right_and_batched(server, loaded, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 12)
     expected = [hyps[0][0] for hyps in in_process_translations(loaded["translate"], texts)]
     before = server.get("/stats").json()["/translate"]["histogram"]
     start = threading.Barrier(len(texts))
@@ -158,7 +158,7 @@ def test_concurrent_requests_are_served_right_and_batched(server, loaded, shared
     assert max(size for size, n in new_steps.items() if n) > 1, new_steps
 
 
-def test_a_short_request_does_not_wait_for_a_long_one(loaded, shared_data):
+def test_a_short_request_does_not_wait_for_a_long_one(loaded, corpora):
     """Continuous batching, step by step: a request that joins a running search is answered
     as soon as its own text is decided, with what it gets alone; the long one comes later.
     (The untrained model runs every output to its length limit, 2 x source + 10 here.)"""
@@ -168,7 +168,7 @@ def test_a_short_request_does_not_wait_for_a_long_one(loaded, shared_data):
 
     bundle = loaded["translate"]
     defaults = replace(bundle.decoding, max_length=100)
-    long_texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 24)
+    long_texts = multi30k_lines(corpora, "test_2016_flickr", "en", 24)
     short_text = "A dog."
     translator = Translator(bundle.model, bundle.wordpieces, defaults)
     options = translator.options(nbest=2)
@@ -243,7 +243,7 @@ def worker_api(bundle: Path, timeout: float = 30.0, **admission):
     return api
 
 
-def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
+def test_translate_timeout_counts_from_arrival_to_answer(bundles, corpora):
     """The worker loop, in process, on a clock that moves one second at every look: a request
     that waited too long in the queue and one that runs out of time while decoding both get a
     504 (the late one leaves the batch then); the request beside them is answered."""
@@ -252,7 +252,7 @@ def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
     from serve.schemas import TranslateRequest
 
     api = worker_api(bundles["translate"], decode_rate=1e9)
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 8)
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 8)
     # the loop looks at the clock about twice per step; the untrained model takes 13 steps
     # (max_length 12 + EOS), and "late" passes 30 s within a few of them.
     clock = itertools.count(1000.0)
@@ -275,11 +275,11 @@ def test_translate_timeout_counts_from_arrival_to_answer(bundles, shared_data):
     assert api.stats.load()["removed"] == 1  # the late one's rows left the batch
 
 
-def test_a_failing_request_gets_its_500_and_its_neighbours_their_answers(bundles, shared_data):
+def test_a_failing_request_gets_its_500_and_its_neighbours_their_answers(bundles, corpora):
     from serve.schemas import TranslateRequest
 
     api = worker_api(bundles["translate"])
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 6)
     expected = translate_texts(
         api.bundle.model, api.bundle.wordpieces, texts, TEST_DECODING, batch_size=6
     )
@@ -298,11 +298,11 @@ def test_a_failing_request_gets_its_500_and_its_neighbours_their_answers(bundles
     assert answers["after"][0] == 200
 
 
-def test_a_request_past_the_queue_bound_gets_503_with_retry_after(bundles, shared_data):
+def test_a_request_past_the_queue_bound_gets_503_with_retry_after(bundles, corpora):
     from serve.schemas import TranslateRequest
     from serve.translation_api import _http_exception
 
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 4)
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 4)
     request = TranslateRequest(text=texts)
     api = worker_api(bundles["translate"])
     prepared = api.translator.prepare(texts=texts)
@@ -329,10 +329,10 @@ def PickleableHTTP(status: int, detail):
     return PickleableHTTPException(status, detail)
 
 
-def mnist_test_image(shared_data: Path) -> list[list[int]]:
+def mnist_test_image(corpora: Path) -> list[list[int]]:
     from data_prep.mnist import read_idx
 
-    return read_idx(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz")[0].tolist()
+    return read_idx(corpora / "mnist" / "t10k-images-idx3-ubyte.gz")[0].tolist()
 
 
 def png_base64(pixels: list[list[int]], size: int = 28) -> str:
@@ -345,8 +345,8 @@ def png_base64(pixels: list[list[int]], size: int = 28) -> str:
     return base64.b64encode(data.getvalue()).decode()
 
 
-def test_classify_pixels_and_png(server, loaded, shared_data):
-    pixels = mnist_test_image(shared_data)
+def test_classify_pixels_and_png(server, loaded, corpora):
+    pixels = mnist_test_image(corpora)
     with torch.no_grad():  # the model reads intensities in [0, 1]; requests send 0-255
         logits = loaded["classify"].model(
             torch.tensor(pixels, dtype=torch.float32)[None, None] / 255
@@ -381,19 +381,17 @@ def test_lm_score_and_generate(server, loaded):
     assert greedy == "".join(" " if symbols[i] == "_" else symbols[i] for i in expected)
 
 
-def real_document(shared_data: Path) -> tuple[str, list[str]]:
+def real_document(corpora: Path) -> tuple[str, list[str]]:
     """Multi30k sentences laid out as a user's text: paragraphs, line breaks, odd spaces."""
-    lines = multi30k_lines(shared_data, "test_2016_flickr", "en", 40)
+    lines = multi30k_lines(corpora, "test_2016_flickr", "en", 40)
     sentences = [line for line in lines if line.endswith(".")][:9]
     gaps = ["  ", " ", "\n", "  ", "\n\n", "\t", " ", "\r\n\r\n   ", " ", "\n\n\n"]
     text = "".join(gap + sentence for gap, sentence in zip(gaps, sentences, strict=False))
     return text + gaps[-1], sentences
 
 
-def test_a_document_is_its_sentences_translated_one_by_one_whitespace_kept(
-    server, loaded, shared_data
-):
-    document, sentences = real_document(shared_data)
+def test_a_document_is_its_sentences_translated_one_by_one_whitespace_kept(server, loaded, corpora):
+    document, sentences = real_document(corpora)
     alone = [in_process_translations(loaded["translate"], [s])[0][0][0] for s in sentences]
     answer = server.post("/translate", {"document": document})
     assert answer.status_code == 200, answer.text
@@ -407,10 +405,10 @@ def test_a_document_is_its_sentences_translated_one_by_one_whitespace_kept(
     assert "document" not in texts and [t["text"] for t in texts["translations"]] == alone
 
 
-def test_cli_and_server_agree_on_nbest_and_alignment(server, shared_data, tmp_path, capsys):
+def test_cli_and_server_agree_on_nbest_and_alignment(server, corpora, tmp_path, capsys):
     import json
 
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 4)
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 4)
     source = tmp_path / "test.en"
     source.write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
     code = nmt_main(
@@ -452,8 +450,8 @@ def translate_load(server: Server) -> dict:
     return server.get("/stats").json()["/translate"]["load"]
 
 
-def test_over_cost_requests_are_refused_up_front(tight_server, loaded, shared_data):
-    words = " ".join(multi30k_lines(shared_data, "test_2016_flickr", "en", 12)).split()
+def test_over_cost_requests_are_refused_up_front(tight_server, loaded, corpora):
+    words = " ".join(multi30k_lines(corpora, "test_2016_flickr", "en", 12)).split()
     encode = loaded["translate"].wordpieces.encode
     long_text = next(  # fits the model (256), but 16 beams of it exceed the capacity
         text
@@ -462,18 +460,18 @@ def test_over_cost_requests_are_refused_up_front(tight_server, loaded, shared_da
     )
     answer = tight_server.post("/translate", {"text": long_text, "beam_size": 16})
     assert answer.status_code == 413 and "a worker holds" in answer.json()["detail"], answer.text
-    document, _ = real_document(shared_data)
+    document, _ = real_document(corpora)
     huge = (document * 400)[:100_000]  # about 1,300 sentences at beam 16: minutes of work
     answer = tight_server.post("/translate", {"document": huge, "beam_size": 16})
     assert answer.status_code == 413 and "timeout" in answer.json()["detail"], answer.text
     assert translate_load(tight_server)["requests"] == 0  # nothing was queued
 
 
-def test_a_disconnected_clients_rows_leave_the_batch(tight_server, loaded, shared_data):
+def test_a_disconnected_clients_rows_leave_the_batch(tight_server, loaded, corpora):
     """A document of about 600 sentences fills the worker's capacity ten times over, and each
     fill takes 13 decoder steps (the untrained model runs to its length cap, 12 + EOS); its
     client leaves at once, and it is removed long before it could get them all."""
-    document, _ = real_document(shared_data)
+    document, _ = real_document(corpora)
     document *= 60
     sentences = [s for s in document.split(".") if s.strip()]
     encode = loaded["translate"].wordpieces.encode
@@ -491,11 +489,11 @@ def test_a_disconnected_clients_rows_leave_the_batch(tight_server, loaded, share
     assert load["steps"] - before["steps"] < needed // 2
 
 
-def test_a_burst_of_maximum_requests_keeps_within_capacity(tight_server, shared_data):
+def test_a_burst_of_maximum_requests_keeps_within_capacity(tight_server, corpora):
     """Many requests at the limits at once: each is answered (200, or 503 with Retry-After past
     the queue bound), the live cost never exceeds the capacity, and the worker's memory stays
     within a small bound of where it started."""
-    texts = [line[:1000] for line in multi30k_lines(shared_data, "test_2016_flickr", "en", 64)]
+    texts = [line[:1000] for line in multi30k_lines(corpora, "test_2016_flickr", "en", 64)]
     body = {"text": texts, "beam_size": 4}
     worker = max(
         psutil.Process(tight_server.process.pid).children(recursive=True),

@@ -254,11 +254,11 @@ def test_plot_curves_joins_the_logs_of_a_resumed_run(tmp_path) -> None:
 # ---------------------------------------------------------------------------- BLEU
 
 
-def test_summed_bleu_statistics_give_sacrebleu_corpus_bleu(shared_data: Path) -> None:
+def test_summed_bleu_statistics_give_sacrebleu_corpus_bleu(corpora: Path) -> None:
     """Ranks sum BLEU's sufficient statistics; the result is sacreBLEU's corpus BLEU."""
     import sacrebleu
 
-    with gzip.open(shared_data / "multi30k" / "val.de.gz", "rt") as file:
+    with gzip.open(corpora / "multi30k" / "val.de.gz", "rt") as file:
         references = [next(file).rstrip("\n") for _ in range(40)]
     # stand-in system output: the references with their words rotated (partial n-gram overlap)
     hypotheses = [" ".join(r.split()[1:] + r.split()[:1]) for r in references]

@@ -29,8 +29,8 @@ from nmt.special_tokens import EOS_ID
 
 
 @pytest.fixture(scope="module")
-def wordpieces(shared_data):
-    return train_wordpieces(shared_data)
+def wordpieces(corpora):
+    return train_wordpieces(corpora)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def model():
     return tiny_translation_model()
 
 
-def sentences_ending_in_a_full_stop(shared_data, count: int) -> list[str]:
-    lines = multi30k_lines(shared_data, "test_2016_flickr", "en", 60)
+def sentences_ending_in_a_full_stop(corpora, count: int) -> list[str]:
+    lines = multi30k_lines(corpora, "test_2016_flickr", "en", 60)
     return [line for line in lines if line.endswith(".")][:count]
 
 
@@ -53,8 +53,8 @@ def run(translator: Translator) -> dict:
     return finished
 
 
-def test_closed_batches_equal_the_beam_search_sentence_by_sentence(model, wordpieces, shared_data):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 7)
+def test_closed_batches_equal_the_beam_search_sentence_by_sentence(model, wordpieces, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 7)
     translator = Translator(model, wordpieces, TEST_DECODING)
     options = translator.options(nbest=2)
     assert options.beam_size == TEST_DECODING.beam_size and options.nbest == 2
@@ -69,8 +69,8 @@ def test_closed_batches_equal_the_beam_search_sentence_by_sentence(model, wordpi
         assert translation.text == translation.nbest[0].text
 
 
-def test_a_document_equals_its_sentences_one_by_one_whitespace_kept(model, wordpieces, shared_data):
-    sentences = sentences_ending_in_a_full_stop(shared_data, 7)
+def test_a_document_equals_its_sentences_one_by_one_whitespace_kept(model, wordpieces, corpora):
+    sentences = sentences_ending_in_a_full_stop(corpora, 7)
     gaps = ["\n  ", " ", "  ", "\n", "\n\n\t", " ", "\r\n\r\n", "  \n\n"]
     document = "".join(gap + s for gap, s in zip(gaps, sentences, strict=False)) + gaps[-1]
     translator = Translator(model, wordpieces, TEST_DECODING)
@@ -97,10 +97,10 @@ def test_a_long_sentence_is_split_at_spaces_in_a_document_and_refused_as_a_text(
     assert " ".join(document.sentences).split() == words * 2
 
 
-def test_cost_admission_keeps_the_limit_and_lets_a_small_request_in(model, wordpieces, shared_data):
+def test_cost_admission_keeps_the_limit_and_lets_a_small_request_in(model, wordpieces, corpora):
     """Room for two sentences: the large request's sentences join in order, two at a time; the
     small one that came after joins at the first free room instead of after all of them."""
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 9)
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 9)
     options = TEST_DECODING
     largest = max(Translator.cost([wordpieces.encode(t)], options) for t in texts)
     limit = 2 * largest
@@ -121,8 +121,8 @@ def test_cost_admission_keeps_the_limit_and_lets_a_small_request_in(model, wordp
     assert order == ["small", "large"] and most > largest
 
 
-def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, shared_data):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 6)
     translator = Translator(model, wordpieces, TEST_DECODING)
     translator.add("gone", translator.prepare(texts=texts[:4]), TEST_DECODING)
     translator.add("kept", translator.prepare(texts=texts[4:]), TEST_DECODING)
@@ -159,8 +159,8 @@ class FailingModel:
         return self.model.decode_step(*args)
 
 
-def test_a_failure_stays_with_its_request(model, wordpieces, shared_data):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 6)
+def test_a_failure_stays_with_its_request(model, wordpieces, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 6)
     outputs = translate_texts(model, wordpieces, texts, TEST_DECODING, batch_size=6)
     poison = outputs[2][0].tokens
     assert all(h[0].tokens != poison for i, h in enumerate(outputs) if i != 2)
@@ -174,10 +174,8 @@ def test_a_failure_stays_with_its_request(model, wordpieces, shared_data):
         assert finished[index].translations[0].text == wordpieces.decode(outputs[index][0].tokens)
 
 
-def test_a_failed_step_fails_its_requests_and_the_translator_goes_on(
-    model, wordpieces, shared_data
-):
-    texts = multi30k_lines(shared_data, "test_2016_flickr", "en", 3)
+def test_a_failed_step_fails_its_requests_and_the_translator_goes_on(model, wordpieces, corpora):
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 3)
     translator = Translator(FailingModel(model, fail_at=2), wordpieces, TEST_DECODING)
     translator.add("a", translator.prepare(texts=texts[:2]), TEST_DECODING)
     finished = run(translator)

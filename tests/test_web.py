@@ -70,27 +70,26 @@ def fit(
     return model.eval()
 
 
-def trained_classifier(shared_data: Path) -> torch.nn.Module:
+def trained_classifier(corpora: Path) -> torch.nn.Module:
     from data_prep.mnist import read_idx
 
-    count = CLASSIFIER_STEPS * BATCH
-    images = read_idx(shared_data / "mnist" / "train-images-idx3-ubyte.gz")[:count]
-    labels = read_idx(shared_data / "mnist" / "train-labels-idx1-ubyte.gz")[:count]
+    images = read_idx(corpora / "mnist" / "train-images-idx3-ubyte.gz")
+    labels = read_idx(corpora / "mnist" / "train-labels-idx1-ubyte.gz")
     images = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255
     labels = torch.tensor(labels, dtype=torch.long)
     model = tiny_classifier()
 
     def loss(step: int) -> torch.Tensor:
-        part = slice(step * BATCH, (step + 1) * BATCH)
+        part = torch.arange(step * BATCH, (step + 1) * BATCH) % len(labels)  # epochs of the slice
         return torch.nn.functional.cross_entropy(model(images[part]), labels[part])
 
     return fit(model, loss, CLASSIFIER_STEPS)
 
 
-def trained_char_lm(shared_data: Path) -> tuple[torch.nn.Module, list[str]]:
-    model, symbols = tiny_char_lm(shared_data)
+def trained_char_lm(corpora: Path) -> tuple[torch.nn.Module, list[str]]:
+    model, symbols = tiny_char_lm(corpora)
     index = {symbol: i for i, symbol in enumerate(symbols)}
-    text = (shared_data / "ptb_char" / "ptb.char.valid.txt").read_text()[:5000]
+    text = (corpora / "ptb_char" / "ptb.char.valid.txt").read_text()[:5000]
     ids = [index[s] for line in text.splitlines() for s in [*line.split(), "\n"]]
     length = 64
     windows = torch.tensor([ids[i : i + length + 1] for i in range(0, len(ids) - length, length)])
@@ -103,21 +102,21 @@ def trained_char_lm(shared_data: Path) -> tuple[torch.nn.Module, list[str]]:
     return fit(model, loss), symbols
 
 
-def short_pairs(shared_data: Path) -> tuple[list[str], list[str]]:
+def short_pairs(corpora: Path) -> tuple[list[str], list[str]]:
     """The first few short Multi30k training pairs (English, German)."""
     pairs = zip(
-        multi30k_lines(shared_data, "train", "en", CORPUS_LINES),
-        multi30k_lines(shared_data, "train", "de", CORPUS_LINES),
+        multi30k_lines(corpora, "train", "en", CORPUS_LINES),
+        multi30k_lines(corpora, "train", "de", CORPUS_LINES),
         strict=True,
     )
     short = [pair for pair in pairs if max(map(len, pair)) <= SHORT_CHARS][:TRANSLATION_PAIRS]
     return [english for english, _ in short], [german for _, german in short]
 
 
-def trained_translation_model(shared_data: Path, wordpieces) -> torch.nn.Module:
+def trained_translation_model(corpora: Path, wordpieces) -> torch.nn.Module:
     """Fitted to a few Multi30k pairs (a tiny model learns little else in seconds), so the
     page shows a German sentence for them."""
-    english, german = short_pairs(shared_data)
+    english, german = short_pairs(corpora)
     src_ids, src_lengths = pad_sources(wordpieces.encode_batch(english))
     targets = [torch.tensor([BOS_ID, *ids, EOS_ID]) for ids in wordpieces.encode_batch(german)]
     padded = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=PAD_ID)
@@ -133,21 +132,21 @@ def trained_translation_model(shared_data: Path, wordpieces) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, shared_data) -> dict[str, Path]:
+def bundles(tmp_path_factory, corpora) -> dict[str, Path]:
     torch.set_num_threads(1)
     directory = tmp_path_factory.mktemp("web-bundles")
-    wordpieces = train_wordpieces(shared_data)
-    lm, symbols = trained_char_lm(shared_data)
+    wordpieces = train_wordpieces(corpora)
+    lm, symbols = trained_char_lm(corpora)
     return {
         "translate": write_bundle(
             directory / "en-de",
             task="translation",
-            model=trained_translation_model(shared_data, wordpieces),
+            model=trained_translation_model(corpora, wordpieces),
             wordpieces=wordpieces.model_bytes,
             decoding=TEST_DECODING,
         ),
         "classify": write_bundle(
-            directory / "mnist", task="classify", model=trained_classifier(shared_data)
+            directory / "mnist", task="classify", model=trained_classifier(corpora)
         ),
         "lm": write_bundle(directory / "ptb", task="char_lm", model=lm, vocabulary=symbols),
     }
@@ -243,8 +242,8 @@ def post_json(server, path: str, body: dict) -> requests.Response:
 
 
 @pytest.mark.browser
-def test_translate_a_sentence(page, server, tmp_path, shared_data):
-    sentence = short_pairs(shared_data)[0][0]
+def test_translate_a_sentence(page, server, tmp_path, corpora):
+    sentence = short_pairs(corpora)[0][0]
     page.fill("#translate-text", sentence)
     page.fill("#translate-nbest", "2")
     page.click("#translate button[type=submit]")
@@ -397,9 +396,9 @@ def test_a_missing_model_is_said_and_the_page_fits_a_phone(browser, bundles, tmp
 
 
 @pytest.mark.browser
-def test_the_whole_page_in_use(page, shared_data, tmp_path):
+def test_the_whole_page_in_use(page, corpora, tmp_path):
     """Every panel answered at once (docs/web-page.png is this test's page.png)."""
-    page.fill("#translate-text", short_pairs(shared_data)[0][0])
+    page.fill("#translate-text", short_pairs(corpora)[0][0])
     page.fill("#translate-nbest", "2")
     page.click("#translate button[type=submit]")
     box = page.locator("#digit-canvas").bounding_box()
