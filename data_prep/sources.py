@@ -228,14 +228,14 @@ def resolve(
 
 
 def _multi30k(src: str, tgt: str, data_dir: Path | None, hub_repo: str | None) -> list[SplitSource]:
+    for lang in (src, tgt):  # wherever the files come from
+        if lang not in MULTI30K_LANGUAGES:
+            raise UserError(
+                f"multi30k has no language {lang!r}; it has {', '.join(MULTI30K_LANGUAGES)}"
+            )
     if data_dir is None and hub_repo is None and MULTI30K_LOCAL_DEFAULT.is_dir():
         data_dir = MULTI30K_LOCAL_DEFAULT
     if data_dir is not None:
-        for lang in (src, tgt):
-            if lang not in MULTI30K_LANGUAGES:
-                raise UserError(
-                    f"multi30k has no language {lang!r}; it has {', '.join(MULTI30K_LANGUAGES)}"
-                )
         if not data_dir.is_dir():
             raise UserError(f"{data_dir}: no such directory")
         return [
