@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -228,6 +230,42 @@ def test_missing_compiler_falls_back_in_a_fresh_process(tmp_path):
     assert (
         "HyperLSTM recurrence: eager PyTorch path (the fused kernels did not build" in done.stderr
     )
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_the_build_goes_on(tmp_path):
+    """torch's build lock of a process killed mid-build would block every later build forever:
+    an old one is removed (a fresh one is waited for), and the build runs (here it fails fast
+    on a missing compiler and falls back)."""
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env["OMP_NUM_THREADS"] = "1"
+    script = "from nmt.kernels import build_directory; print(build_directory())"
+    directory = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    lock = Path(directory) / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    left = time.time() - kernels.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (left, left))
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "removing" in done.stderr and "a kernel build that did not finish" in done.stderr
+    assert "ran (2, 3, 5)" in done.stdout and not lock.exists()
+
+
+def test_a_fresh_lock_is_waited_for(tmp_path, monkeypatch):
+    lock = tmp_path / "lock"
+    lock.touch()
+    monkeypatch.setattr(kernels, "LOCK_POLL_SECONDS", 0.01)
+    released = threading.Timer(0.3, lock.unlink)
+    released.start()
+    start = time.monotonic()
+    kernels.wait_for_build_lock(tmp_path)
+    assert time.monotonic() - start >= 0.25 and not lock.exists()
+    released.join()
 
 
 @pytest.mark.parametrize("cell", HYPER_CELLS)

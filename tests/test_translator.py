@@ -121,6 +121,55 @@ def test_cost_admission_keeps_the_limit_and_lets_a_small_request_in(model, wordp
     assert order == ["small", "large"] and most > largest
 
 
+class Ticks:
+    """A clock that advances one second per reading: every unit of work takes one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def units_until_finished(translator: Translator, key: str) -> tuple[int, dict]:
+    """Steps (units of work) until ``key`` finishes, and every request finished by then."""
+    finished, units = {}, 0
+    while key not in finished:
+        units += 1
+        finished.update((item.key, item) for item in translator.step())
+    return units, finished
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_a_small_request_gets_most_of_the_time_beside_a_large_one(
+    model, wordpieces, corpora, weight
+):
+    """Encoder passes and decoder steps are the units the searches share: a small request beside
+    a large one finishes within its own units plus the large search's share (1 / (1 + weight)),
+    and both translate as they do alone."""
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 9)
+    options = TEST_DECODING
+    config = TranslatorConfig(max_live_cost=10**6, large_share=0.0001, large_time_weight=weight)
+    alone = Translator(model, wordpieces, options, TranslatorConfig(max_live_cost=10**6), Ticks())
+    alone.add("small", alone.prepare(texts=texts[8:]), options)
+    own, _ = units_until_finished(alone, "small")
+
+    translator = Translator(model, wordpieces, options, config, Ticks())
+    translator.add("large", translator.prepare(texts=texts[:8]), options)
+    translator.add("small", translator.prepare(texts=texts[8:]), options)
+    units, finished = units_until_finished(translator, "small")
+    large_units = units - own
+    assert large_units >= 1  # the large search was not starved
+    assert large_units <= own / weight + 1
+    finished.update(run(translator))
+    for key, chunk in (("large", texts[:8]), ("small", texts[8:])):
+        expected = translate_texts(model, wordpieces, chunk, options, batch_size=1)
+        assert [t.text for t in finished[key].translations] == [
+            wordpieces.decode(h[0].tokens) for h in expected
+        ]
+
+
 def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, corpora):
     texts = multi30k_lines(corpora, "test_2016_flickr", "en", 6)
     translator = Translator(model, wordpieces, TEST_DECODING)

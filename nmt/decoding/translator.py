@@ -10,10 +10,12 @@ point (``translate``); ``add`` / ``step`` / ``remove`` are the open batch a serv
 The open batch admits by cost. A sentence costs its beam's rows times its source length (the
 encoder output every row attends over is what memory grows with), and the live sentences'
 cost stays within ``max_live_cost``; sentences wait until they fit (in order within a request;
-the request holding least goes first), and join together once the oldest has waited
-``join_window`` seconds (one encoder pass for all of them) or at once when nothing is decoding.
-Large requests decode in searches of their own and leave room for small ones, and searches
-share the decoding time, so small requests keep their pace beside large ones. A sentence's
+the request holding least goes first), and join once the oldest has waited ``join_window``
+seconds or at once when nothing is decoding. Large requests decode in searches of their own
+and leave room for small ones. Each ``step`` does one unit of work, an encoder pass for a
+search's newly joined sentences or one decoder step, for the search that has had the least
+time, a large search's time counting ``large_time_weight`` times over: so small requests keep
+their pace beside large ones, whose long encoder passes wait their turn too. A sentence's
 output does not depend on when it joined or whom it met (``nmt.decoding.beam_search``), so
 the CLI's closed batches and a server's open batch give the same translations for the same
 options.
@@ -29,7 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -60,6 +62,9 @@ class TranslatorConfig:
     # and large requests together leave small_room of the capacity to the others
     large_share: float = 0.1
     small_room: float = 0.25
+    # searches share the time: a large search's seconds count this many times over, so small
+    # (interactive) requests get most of the worker while large (bulk) ones are decoding
+    large_time_weight: float = 4.0
     join_window: float = 0.0  # seconds arrivals may wait to join a running search together
     max_source_tokens: int = MAX_SOURCE_TOKENS
     language: str = DEFAULT_LANGUAGE  # for splitting documents into sentences
@@ -141,6 +146,20 @@ class _Queued:
 
 
 @dataclass
+class _Search:
+    """One beam search (requests with the same options; large ones apart), the sentences that
+    joined it but are not encoded yet, and the time it has had."""
+
+    beam: BeamSearch
+    large: bool
+    spent: float  # seconds of encoder and decoder work, a large search's weighted
+    pending: list[_Queued] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(len(self.beam) or self.pending)
+
+
+@dataclass
 class _Counters:
     steps: int = 0  # decoder steps taken (one per search per ``step``)
     row_steps: int = 0  # hypotheses advanced, summed over steps
@@ -164,8 +183,7 @@ class Translator:
         self.clock = clock
         self.device = model_device(model)
         self._requests: dict[Hashable, _Request] = {}
-        self._searches: dict[tuple, BeamSearch] = {}
-        self._spent: dict[tuple, float] = {}  # per search, seconds of decoder steps taken
+        self._searches: dict[tuple, _Search] = {}
         self._live_cost: dict[Hashable, int] = {}  # per request, its sentences in a search
         self._counters = _Counters()
 
@@ -319,9 +337,10 @@ class Translator:
         self._live_cost.pop(key, None)
         search = self._searches.get(request.search_key)
         if search is not None:
-            search.remove([(key, index) for index in range(len(request.sources))])
-            if not len(search):
-                self._drop_search(request.search_key)
+            search.beam.remove([(key, index) for index in range(len(request.sources))])
+            search.pending = [item for item in search.pending if item.key != key]
+            if not search:
+                del self._searches[request.search_key]
 
     def __len__(self) -> int:
         """Requests in the translator (queued or decoding)."""
@@ -331,8 +350,10 @@ class Translator:
         """What the open batch holds now, and what it did since it was made."""
         return {
             "requests": len(self._requests),
-            "live_rows": sum(search.live_rows for search in self._searches.values()),
-            "live_sentences": sum(len(search) for search in self._searches.values()),
+            "live_rows": sum(search.beam.live_rows for search in self._searches.values()),
+            "live_sentences": sum(
+                len(search.beam) + len(search.pending) for search in self._searches.values()
+            ),
             "live_cost": self.live_cost,
             "queued_sentences": sum(len(r.queue) for r in self._requests.values()),
             "queued_cost": self.queued_cost,
@@ -350,43 +371,50 @@ class Translator:
         return sum(item.cost for r in self._requests.values() for item in r.queue)
 
     def step(self) -> list[Finished]:
-        """Let waiting sentences join (cost and join window allowing), then advance by one
-        token the search that has had the least decoding time. Returns the requests finished
-        or failed in this call.
+        """Let waiting sentences join (cost and join window allowing), then do one unit of work
+        for the search that has had the least time: encode the sentences that joined it, or
+        advance its hypotheses by one token. Returns the requests finished or failed in this
+        call.
 
         Searches share the time, not the steps: a search of a few small requests takes many
         quick steps while one of large requests takes one slow step, so small requests are not
         held to the pace of the largest batch (large requests get a search of their own,
-        ``large_share``)."""
-        done: list[Finished] = self._join()
+        ``large_share``, whose time counts ``large_time_weight`` times over)."""
+        self._join()
         if not self._searches:
-            return done
-        search_key = min(self._searches, key=self._spent.__getitem__)
+            return []
+        search_key = min(self._searches, key=lambda key: self._searches[key].spent)
         search = self._searches[search_key]
-        rows, start = search.live_rows, time.perf_counter()
+        start = self.clock()
+        if search.pending:
+            done = self._encode_pending(search)
+        else:
+            done = self._decode_step(search_key, search)
+        weight = self.config.large_time_weight if search.large else 1.0
+        search.spent += weight * (self.clock() - start)
+        if not search and self._searches.get(search_key) is search:
+            del self._searches[search_key]
+        return done
+
+    def _decode_step(self, search_key: tuple, search: _Search) -> list[Finished]:
+        rows = search.beam.live_rows
         try:
             with torch.inference_mode():
-                decided = search.step()
+                decided = search.beam.step()
         except Exception as error:  # noqa: BLE001 - pinned to this search's requests
             logger.exception("a decoder step failed")
-            return done + self._fail_search(search_key, search, f"decoding failed: {error}")
-        self._spent[search_key] += time.perf_counter() - start
+            return self._fail_search(search_key, search, f"decoding failed: {error}")
         self._counters.steps += 1
         self._counters.row_steps += rows
+        done = []
         for (key, index), hypotheses in decided:
             finished = self._decided(key, index, hypotheses)
             if finished is not None:
                 done.append(finished)
-        if not len(search):
-            self._drop_search(search_key)
         return done
 
-    def _drop_search(self, search_key: tuple) -> None:
-        del self._searches[search_key]
-        del self._spent[search_key]
-
-    def _join(self) -> list[Finished]:
-        """Move queued sentences into their searches while they fit.
+    def _join(self) -> None:
+        """Move queued sentences into their searches (to be encoded there) while they fit.
 
         A request's sentences join in order; between requests, the one holding the least live
         cost goes first (the earliest on a tie), so a small request never waits behind all of
@@ -395,20 +423,20 @@ class Translator:
         """
         waiting = [key for key, request in self._requests.items() if request.queue]
         if not waiting:
-            return []
+            return
         oldest = min(self._requests[key].queue[0].since for key in waiting)
         if self._searches and self.clock() - oldest < self.config.join_window:
-            return []
+            return
         limit = self.config.max_live_cost
         live = self.live_cost
         live_large = sum(
             cost for key, cost in self._live_cost.items() if self._requests[key].search_key[-1]
         )
-        joining: dict[tuple, list[_Queued]] = {}
+        joined = False
 
         def fits(key: Hashable) -> bool:
             cost, large = self._requests[key].queue[0].cost, self._requests[key].search_key[-1]
-            if limit is None or not (live or joining):
+            if limit is None or not (live or joined):
                 return True
             room = limit * (1 - self.config.small_room) if large else limit
             return (live_large if large else live) + cost <= room and live + cost <= limit
@@ -419,63 +447,67 @@ class Translator:
             item = request.queue.popleft()
             if not request.queue:
                 waiting.remove(key)
+            large = request.search_key[-1]
             live += item.cost
-            live_large += item.cost if request.search_key[-1] else 0
+            live_large += item.cost if large else 0
             self._live_cost[key] += item.cost
-            joining.setdefault(request.search_key, []).append(item)
-        failed: list[Finished] = []
-        for search_key, items in joining.items():
-            options = self._requests[items[0].key].options
-            search = self._searches.get(search_key)
+            joined = True
+            search = self._searches.get(request.search_key)
             if search is None:
-                search = self._searches[search_key] = BeamSearch(self.model, options, self.device)
                 # a new search starts level with the least served one, not ahead of them all
-                self._spent[search_key] = min(self._spent.values(), default=0.0)
-            try:
-                self._encode_into(search, items)
-            except Exception:  # noqa: BLE001 - find the request it belongs to
-                failed += self._encode_one_by_one(search, items)
-            if not len(search):
-                self._drop_search(search_key)
-        return failed
+                spent = min((other.spent for other in self._searches.values()), default=0.0)
+                beam = BeamSearch(self.model, request.options, self.device)
+                search = self._searches[request.search_key] = _Search(beam, large, spent)
+            search.pending.append(item)
 
-    def _encode_into(self, search: BeamSearch, items: list[_Queued]) -> None:
-        """Encode in batches of similar length: the encoder's recurrence runs to the longest
-        source of its batch, so a document's sentences are not all padded to its longest."""
-        sources = {
-            (item.key, item.index): self._requests[item.key].sources[item.index] for item in items
-        }
-        keys = sorted(sources, key=lambda key: len(sources[key]))
+    def _encode_pending(self, search: _Search) -> list[Finished]:
+        """One encoder pass over up to ``ENCODER_BATCH`` of the search's joined sentences, the
+        shortest first: the recurrence runs to the longest source of its batch, so a document's
+        sentences are not all padded to its longest."""
+        search.pending.sort(key=lambda item: len(self._requests[item.key].sources[item.index]))
+        batch, search.pending = search.pending[:ENCODER_BATCH], search.pending[ENCODER_BATCH:]
+        try:
+            self._encode_into(search.beam, batch)
+        except Exception:  # noqa: BLE001 - find the request it belongs to
+            return self._encode_one_by_one(search.beam, batch)
+        return []
+
+    def _encode_into(self, beam: BeamSearch, items: list[_Queued]) -> None:
+        keys = [(item.key, item.index) for item in items]
+        sources = [self._requests[item.key].sources[item.index] for item in items]
         with torch.inference_mode():
-            for start in range(0, len(keys), ENCODER_BATCH):
-                batch = keys[start : start + ENCODER_BATCH]
-                search.add(batch, *pad_sources([sources[key] for key in batch]))
+            beam.add(keys, *pad_sources(sources))
 
-    def _encode_one_by_one(self, search: BeamSearch, items: list[_Queued]) -> list[Finished]:
+    def _encode_one_by_one(self, beam: BeamSearch, items: list[_Queued]) -> list[Finished]:
         """After a joint encoder call failed: each request's sentences alone, to find which."""
-        search.remove([(item.key, item.index) for item in items])  # any that got in
+        beam.remove([(item.key, item.index) for item in items])  # any that got in
         failed = []
         by_request: dict[Hashable, list[_Queued]] = {}
         for item in items:
             by_request.setdefault(item.key, []).append(item)
         for key, members in by_request.items():
             try:
-                self._encode_into(search, members)
+                self._encode_into(beam, members)
             except Exception as error:  # noqa: BLE001 - this request's own failure
                 logger.exception("could not encode request %r", key)
                 self.remove(key)
                 failed.append(Finished(key, error=f"could not encode the source: {error}"))
         return failed
 
-    def _fail_search(self, search_key: tuple, search: BeamSearch, message: str) -> list[Finished]:
-        keys = {key for key, _ in search.keys}
-        self._drop_search(search_key)
+    def _fail_search(self, search_key: tuple, search: _Search, message: str) -> list[Finished]:
+        """Fail the requests decoding in the search; the sentences still waiting for their
+        encoder pass (other requests') go on in a fresh search."""
+        keys = {key for key, _ in search.beam.keys}
         failed = []
         for key in keys:
             request = self._requests.pop(key, None)
             self._live_cost.pop(key, None)
             if request is not None:
                 failed.append(Finished(key, error=message))
+        search.pending = [item for item in search.pending if item.key not in keys]
+        search.beam = BeamSearch(self.model, search.beam.options, self.device)
+        if not search:
+            del self._searches[search_key]
         return failed
 
     def _decided(self, key: Hashable, index: int, hypotheses: list[Hypothesis]) -> Finished | None:

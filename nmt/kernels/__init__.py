@@ -7,7 +7,9 @@ as ``torch.ops.hypernmt.*``. This module compiles it with the system C++ compile
 ``TORCH_EXTENSIONS_DIR``; later processes only load the library, the way DeepSpeed builds its
 CPU ops). A build at first use rather than at install time keeps the package a pure-Python
 install (no compiler needed to install or to serve on a machine without one) and lets the
-compiler target the machine that runs the kernels (``-march=native``).
+compiler target the machine that runs the kernels (``-march=native``). A build killed before it
+finished leaves torch's lock file behind, which would make every later process wait for it
+forever; a lock older than any build is removed first.
 
 It also registers the forward ops' autograd formulas and fake (shape-only) implementations,
 so autograd and torch.compile see one op per cell per step. If the build fails, ``available()``
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +37,9 @@ COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 LINK_FLAGS = ("-fopenmp",)
 NUM_GATES = 4
 NORM_ROWS = 10  # per-row norm gradients: gate gains 4, gate biases 4, cell gain, cell bias
+# a build takes about a minute; a lock this old was left by a process killed while building
+STALE_LOCK_SECONDS = 600.0
+LOCK_POLL_SECONDS = 0.5
 
 _state: dict[str, object] = {}  # "ok": bool, "reason": str once a build was tried
 _logged: set[str] = set()
@@ -56,13 +63,46 @@ def unavailable_reason() -> str:
     return str(_state.get("reason", ""))
 
 
+def build_directory() -> Path:
+    """Where the build is cached: ``TORCH_EXTENSIONS_DIR`` (torch's default root otherwise),
+    one folder per Python and torch version."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path(root) / f"{EXTENSION_NAME}-{python}-torch{torch.__version__}"
+
+
+def wait_for_build_lock(directory: Path, stale_after: float = STALE_LOCK_SECONDS) -> None:
+    """Wait while another process builds; remove a lock left by one that was killed."""
+    lock = directory / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale_after:
+            logger.warning(
+                "HyperLSTM: removing %s, left %.0f s ago by a kernel build that did not finish",
+                lock,
+                age,
+            )
+            lock.unlink(missing_ok=True)
+            return
+        time.sleep(LOCK_POLL_SECONDS)
+
+
 def _build() -> tuple[bool, str]:
     try:
         from torch.utils import cpp_extension
 
+        directory = build_directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        wait_for_build_lock(directory)
         cpp_extension.load(
             name=EXTENSION_NAME,
             sources=[str(s) for s in SOURCES],
+            build_directory=str(directory),
             extra_cflags=list(COMPILE_FLAGS),
             extra_ldflags=list(LINK_FLAGS),
             is_python_module=False,
