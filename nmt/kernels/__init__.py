@@ -36,7 +36,7 @@ SOURCES = (Path(__file__).with_name("hyperlstm_cpu.cpp"),)
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 LINK_FLAGS = ("-fopenmp",)
 NUM_GATES = 4
-NORM_ROWS = 10  # per-row norm gradients: gate gains 4, gate biases 4, cell gain, cell bias
+NORM_ROWS = 10  # norm gradients: gate gains 4, gate biases 4, cell gain, cell bias
 # a build takes about a minute; a lock this old was left by a process killed while building
 STALE_LOCK_SECONDS = 600.0
 LOCK_POLL_SECONDS = 0.5
@@ -131,8 +131,13 @@ def _reset_for_tests() -> None:
 # ------------------------------------------------------------------- autograd and fake kernels
 
 
+def norm_accumulator(like: Tensor) -> Tensor:
+    """Zeros for the backward kernels' norm gradients: (10, threads, N), a slot per thread."""
+    return like.new_zeros(NORM_ROWS, torch.get_num_threads(), like.shape[-1])
+
+
 def norm_totals(acc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(10, B, N) per-row norm gradients -> gate gain (4, N), gate bias (4, N), cell (N,) x2."""
+    """(10, threads, N) norm gradients -> gate gain (4, N), gate bias (4, N), cell (N,) x2."""
     return (
         acc[:NUM_GATES].sum(1),
         acc[NUM_GATES : 2 * NUM_GATES].sum(1),
@@ -153,7 +158,7 @@ def _ln_lstm_backward(ctx, grad_h, grad_c):
     pre, cell_prev, gate_w, gate_b, cell_w, cell_b, g_mask = ctx.saved_tensors
     grad_pre = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
     grad_cell_prev = torch.empty_like(cell_prev)
-    acc = cell_prev.new_zeros(NORM_ROWS, *cell_prev.shape)
+    acc = norm_accumulator(cell_prev)
     torch.ops.hypernmt.ln_lstm_cell_backward(
         _zeros_if_none(grad_h, cell_prev), _zeros_if_none(grad_c, cell_prev), pre, cell_prev,
         gate_w, gate_b, cell_w, cell_b, g_mask, grad_pre, grad_cell_prev, acc,
@@ -173,11 +178,7 @@ def _main_backward(ctx, grad_h, grad_c):
     grad_h_part, grad_x_main = cell_prev.new_empty(shape), cell_prev.new_empty(shape)
     grad_d = torch.empty(d.shape, dtype=d.dtype, device=d.device)
     grad_cell_prev = torch.empty_like(cell_prev)
-    acc = (
-        cell_prev.new_zeros(NORM_ROWS, *cell_prev.shape)
-        if ctx.layer_norm
-        else cell_prev.new_empty(0)
-    )
+    acc = norm_accumulator(cell_prev) if ctx.layer_norm else cell_prev.new_empty(0)
     bias_rows = cell_prev.new_zeros(shape)
     torch.ops.hypernmt.hyper_main_cell_backward(
         _zeros_if_none(grad_h, cell_prev), _zeros_if_none(grad_c, cell_prev), h_part, x_main,

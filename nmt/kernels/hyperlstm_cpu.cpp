@@ -38,7 +38,7 @@ namespace {
 constexpr int64_t kGates = 4;        // (i, f, o, g)
 constexpr int64_t kScales = 12;      // d_h, d_x and W_bz z_b, four gates each
 constexpr double kLayerNormEps = 1e-5;
-constexpr int64_t kNormRows = 10;    // per-row norm gradients: gate gain 4, gate bias 4, cell 2
+constexpr int64_t kNormRows = 10;    // norm gradients: gate gain 4, gate bias 4, cell 2
 
 template <typename T>
 struct Rows3 {  // (K, B, N) with unit stride in N
@@ -281,6 +281,14 @@ int64_t grain(int64_t units) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / (kGates * units));
 }
 
+// The norm gradients are summed per thread, (10, threads, N): each parallel chunk adds its
+// rows into its own thread's slot, so no (10, B, N) per-row buffer is read and written a step.
+void check_norm_grads(const at::Tensor& norm_grads, int64_t n) {
+  check_rows(norm_grads, 3, n, "norm_grads");
+  TORCH_CHECK(norm_grads.size(0) == kNormRows && norm_grads.size(1) >= at::get_num_threads(),
+              "norm_grads must be (10, at least torch.get_num_threads(), N)");
+}
+
 void check_cpu(const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), "the fused HyperLSTM kernels run on CPU tensors only");
 }
@@ -335,8 +343,7 @@ void ln_lstm_cell_backward(
   for (const at::Tensor* t : {&grad_h, &grad_c, &cell_prev, static_cast<const at::Tensor*>(&grad_cell_prev)}) check_rows(*t, 2, n, "state");
   check_rows(pre, 3, n, "pre");
   check_rows(grad_pre, 3, n, "grad_pre");
-  check_rows(norm_grads, 3, n, "norm_grads");
-  TORCH_CHECK(norm_grads.size(0) == kNormRows, "norm_grads must be (10, B, N)");
+  check_norm_grads(norm_grads, n);
   if (g_mask) check_rows(*g_mask, 2, n, "g_mask");
   const auto body = [&](auto zero) {
     using T = decltype(zero);
@@ -356,7 +363,7 @@ void ln_lstm_cell_backward(
         const T* m = mask ? mask + b * mask_stride : nullptr;
         lstm_row(s, cp.at(b), m, nm, n);
         lstm_row_backward(s, gh.at(b), gc.at(b), cp.at(b), m, nm, n, gp.at(0, b), gp.s0,
-                          gcp.at(b), acc.at(0, b), acc.s0);
+                          gcp.at(b), acc.at(0, at::get_thread_num()), acc.s0);
       }
     });
   };
@@ -449,8 +456,7 @@ void hyper_main_cell_backward(
   if (g_mask) check_rows(*g_mask, 2, n, "g_mask");
   const bool layer_norm = gate_w.has_value();
   if (layer_norm) {
-    check_rows(norm_grads, 3, n, "norm_grads");
-    TORCH_CHECK(norm_grads.size(0) == kNormRows, "norm_grads must be (10, B, N)");
+    check_norm_grads(norm_grads, n);
   }
   const auto body = [&](auto zero) {
     using T = decltype(zero);
@@ -472,7 +478,7 @@ void hyper_main_cell_backward(
         const T* m = mask ? mask + b * mask_stride : nullptr;
         lstm_row(s, cp.at(b), m, nm, n);
         lstm_row_backward(s, gh.at(b), gc.at(b), cp.at(b), m, nm, n, grad_pre.data(), n,
-                          gcp.at(b), layer_norm ? acc.at(0, b) : nullptr, acc.s0);
+                          gcp.at(b), layer_norm ? acc.at(0, at::get_thread_num()) : nullptr, acc.s0);
         for (int64_t k = 0; k < kGates; ++k) {
           const T* g = grad_pre.data() + k * n;
           const T* h = hp.at(k, b);

@@ -282,13 +282,13 @@ class _EagerPath:
 
 class _FusedPath:
     """A step's element-wise work in the fused C++ kernels; the backward kernels recompute
-    the gates from the step's inputs and accumulate the norm gradients per batch row."""
+    the gates from the step's inputs and sum the norm gradients per thread."""
 
     step = staticmethod(fused_step)
 
     def norm_accumulators(self, w: HyperWeights, h: Tensor, hyper_h: Tensor) -> tuple:
-        main = h.new_zeros(kernels.NORM_ROWS, *h.shape) if w.gate_norm_weight is not None else None
-        return main, hyper_h.new_zeros(kernels.NORM_ROWS, *hyper_h.shape)
+        main = kernels.norm_accumulator(h) if w.gate_norm_weight is not None else None
+        return main, kernels.norm_accumulator(hyper_h)
 
     def norm_totals(self, acc: Tensor | None) -> tuple[Tensor | None, ...]:
         return (None,) * 4 if acc is None else kernels.norm_totals(acc)
