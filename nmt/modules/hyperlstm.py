@@ -379,9 +379,8 @@ class _HyperLSTMSequence(torch.autograd.Function):
         grad_projected = grads[..., : split + hyper_split]
         grad_products = grads[..., split:]  # d (h_{t-1} @ recurrent.T)
         d_weight_t = w.d_weight.transpose(1, 2).contiguous()
-        # d loss / d (W_z z) of every step, (12, T, B, H): W_z's gradient is then one batched
-        # product over all steps (inner size T x B) instead of a thin one (inner size B) a step
-        grad_ds = hs.new_empty(NUM_Z, steps, batch, hidden)
+        grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
+        grad_d_weight = w.d_weight.new_zeros(w.d_weight.shape)
         grad_bias_rows = hs.new_zeros(NUM_GATES, batch, hidden)
         grad_z = hs.new_empty(steps, batch, NUM_Z * z_size)
         main_acc, hyper_acc = path.norm_accumulators(w, hs[0], hyper_hs[0])
@@ -391,7 +390,7 @@ class _HyperLSTMSequence(torch.autograd.Function):
             if grad_outputs is not None:
                 grad[0] = grad[0] + grad_outputs[t]
             grad = [ends.inject(t, g, final) for g, final in zip(grad, grad_finals, strict=True)]
-            cache, grad_d = caches[t], grad_ds[:, t]
+            cache = caches[t]
             out = _StepGrads(
                 gate_major(grad_products[t, :, hyper_split:], hidden),
                 gate_major(grad_projected[t, :, :split], hidden),
@@ -401,6 +400,7 @@ class _HyperLSTMSequence(torch.autograd.Function):
             grad_c_prev = path.main_backward(
                 grad[0], grad[1], cache, h_part, x_main[t], cs[t], w, _at(g_mask, t), main_acc, out
             )
+            grad_d_weight.baddbmm_(cache.z.view(batch, NUM_Z, z_size).permute(1, 2, 0), grad_d)
             grad_z_t = grad_z[t]
             grad_z_t.view(batch, NUM_Z, z_size).transpose(0, 1).copy_(torch.bmm(grad_d, d_weight_t))
             grad_hyper_h = torch.addmm(grad[2], grad_z_t, w.z_weight)
@@ -412,8 +412,6 @@ class _HyperLSTMSequence(torch.autograd.Function):
                 grad_products[t, :, :hyper_split] @ w.hyper_recurrent, grad_hyper_c_prev,
             ]  # fmt: skip
 
-        zs = torch.stack([cache.z for cache in caches]).view(steps * batch, NUM_Z, z_size)
-        grad_d_weight = torch.bmm(zs.permute(1, 2, 0), grad_ds.view(NUM_Z, steps * batch, hidden))
         grad_weights = HyperWeights(
             *_weight_gradients(grad_products, grad_z, hs, hyper_hs, hyper_split),
             grad_d_weight, grad_bias_rows.sum(1).unsqueeze(1),
