@@ -8,6 +8,8 @@ alignment of a hand-built model is the one worked out by hand.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import (
@@ -168,6 +170,33 @@ def test_a_small_request_gets_most_of_the_time_beside_a_large_one(
         assert [t.text for t in finished[key].translations] == [
             wordpieces.decode(h[0].tokens) for h in expected
         ]
+
+
+def test_large_requests_share_one_class_share_however_many_and_however_often_they_come(
+    model, wordpieces, corpora
+):
+    """Two large searches (different beams) and a stream of large requests that leave after
+    one unit each and come back (clients that disconnect): together they get the large class's
+    share, not a share each or a fresh one every time."""
+    texts = multi30k_lines(corpora, "test_2016_flickr", "en", 20)
+    options, weight = TEST_DECODING, 4.0
+    wide = replace(options, beam_size=options.beam_size + 1)
+    config = TranslatorConfig(max_live_cost=10**6, large_share=0.0001, large_time_weight=weight)
+    alone = Translator(model, wordpieces, options, TranslatorConfig(max_live_cost=10**6), Ticks())
+    alone.add("small", alone.prepare(texts=texts[8:9]), options)
+    own, _ = units_until_finished(alone, "small")
+
+    translator = Translator(model, wordpieces, options, config, Ticks())
+    translator.add("large", translator.prepare(texts=texts[:8]), options)
+    translator.add("wide", translator.prepare(texts=texts[10:18]), wide)
+    translator.add("small", translator.prepare(texts=texts[8:9]), options)
+    units, leaving = 0, 0
+    while "small" not in {item.key for item in translator.step()}:
+        units += 1
+        translator.remove(("leaving", leaving))
+        leaving += 1
+        translator.add(("leaving", leaving), translator.prepare(texts=texts[18:20]), options)
+    assert units + 1 - own <= own / weight + 1
 
 
 def test_a_removed_request_leaves_the_batch_at_once(model, wordpieces, corpora):

@@ -13,9 +13,11 @@ cost stays within ``max_live_cost``; sentences wait until they fit (in order wit
 the request holding least goes first), and join once the oldest has waited ``join_window``
 seconds or at once when nothing is decoding. Large requests decode in searches of their own
 and leave room for small ones. Each ``step`` does one unit of work, an encoder pass for a
-search's newly joined sentences or one decoder step, for the search that has had the least
-time, a large search's time counting ``large_time_weight`` times over: so small requests keep
-their pace beside large ones, whose long encoder passes wait their turn too. A sentence's
+search's newly joined sentences or one decoder step. Small and large requests share the time
+as two classes, the large class's seconds counting ``large_time_weight`` times over, and within
+a class the search that has had the least time goes next: so small requests keep their pace
+beside large ones however many large searches there are or how often they come and go, and a
+large request's long encoder pass waits its turn. A sentence's
 output does not depend on when it joined or whom it met (``nmt.decoding.beam_search``), so
 the CLI's closed batches and a server's open batch give the same translations for the same
 options.
@@ -62,8 +64,9 @@ class TranslatorConfig:
     # and large requests together leave small_room of the capacity to the others
     large_share: float = 0.1
     small_room: float = 0.25
-    # searches share the time: a large search's seconds count this many times over, so small
-    # (interactive) requests get most of the worker while large (bulk) ones are decoding
+    # small and large requests share the time as two classes, the large class's seconds counting
+    # this many times over: small (interactive) requests get 1 - 1 / (1 + weight) of the worker
+    # while large (bulk) ones are decoding
     large_time_weight: float = 4.0
     join_window: float = 0.0  # seconds arrivals may wait to join a running search together
     max_source_tokens: int = MAX_SOURCE_TOKENS
@@ -152,7 +155,7 @@ class _Search:
 
     beam: BeamSearch
     large: bool
-    spent: float  # seconds of encoder and decoder work, a large search's weighted
+    spent: float  # seconds of encoder and decoder work, to share its class's time
     pending: list[_Queued] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -184,6 +187,9 @@ class Translator:
         self.device = model_device(model)
         self._requests: dict[Hashable, _Request] = {}
         self._searches: dict[tuple, _Search] = {}
+        # per class (large or not), its weighted seconds of work; a class's record persists when
+        # its searches come and go, so a stream of new large requests gets no fresh share
+        self._class_spent = {False: 0.0, True: 0.0}
         self._live_cost: dict[Hashable, int] = {}  # per request, its sentences in a search
         self._counters = _Counters()
 
@@ -378,23 +384,37 @@ class Translator:
 
         Searches share the time, not the steps: a search of a few small requests takes many
         quick steps while one of large requests takes one slow step, so small requests are not
-        held to the pace of the largest batch (large requests get a search of their own,
+        held to the pace of the largest batch (large requests get searches of their own,
         ``large_share``, whose time counts ``large_time_weight`` times over)."""
         self._join()
         if not self._searches:
             return []
-        search_key = min(self._searches, key=lambda key: self._searches[key].spent)
+        search_key = self._next_search()
         search = self._searches[search_key]
         start = self.clock()
         if search.pending:
             done = self._encode_pending(search)
         else:
             done = self._decode_step(search_key, search)
+        seconds = self.clock() - start
+        search.spent += seconds
         weight = self.config.large_time_weight if search.large else 1.0
-        search.spent += weight * (self.clock() - start)
+        self._class_spent[search.large] += weight * seconds
         if not search and self._searches.get(search_key) is search:
             del self._searches[search_key]
         return done
+
+    def _next_search(self) -> tuple:
+        """The class that has had the least (weighted) time, then its least served search. A
+        class with nothing to do is kept level with the busy one, so it returns with no credit
+        saved up while it was idle."""
+        busy = {search.large for search in self._searches.values()}
+        floor = min(self._class_spent[large] for large in busy)
+        for large in {False, True} - busy:
+            self._class_spent[large] = max(self._class_spent[large], floor)
+        large = min(busy, key=self._class_spent.__getitem__)
+        members = [key for key, search in self._searches.items() if search.large == large]
+        return min(members, key=lambda key: self._searches[key].spent)
 
     def _decode_step(self, search_key: tuple, search: _Search) -> list[Finished]:
         rows = search.beam.live_rows
@@ -454,8 +474,11 @@ class Translator:
             joined = True
             search = self._searches.get(request.search_key)
             if search is None:
-                # a new search starts level with the least served one, not ahead of them all
-                spent = min((other.spent for other in self._searches.values()), default=0.0)
+                # a new search starts level with its class's least served one, not ahead of them
+                spent = min(
+                    (other.spent for other in self._searches.values() if other.large == large),
+                    default=0.0,
+                )
                 beam = BeamSearch(self.model, request.options, self.device)
                 search = self._searches[request.search_key] = _Search(beam, large, spent)
             search.pending.append(item)
