@@ -378,14 +378,12 @@ class Translator:
 
     def step(self) -> list[Finished]:
         """Let waiting sentences join (cost and join window allowing), then do one unit of work
-        for the search that has had the least time: encode the sentences that joined it, or
-        advance its hypotheses by one token. Returns the requests finished or failed in this
-        call.
+        for the search ``_next_search`` picks: encode the sentences that joined it, or advance
+        its hypotheses by one token. Returns the requests finished or failed in this call.
 
         Searches share the time, not the steps: a search of a few small requests takes many
         quick steps while one of large requests takes one slow step, so small requests are not
-        held to the pace of the largest batch (large requests get searches of their own,
-        ``large_share``, whose time counts ``large_time_weight`` times over)."""
+        held to the pace of the largest batch."""
         self._join()
         if not self._searches:
             return []
