@@ -14,17 +14,21 @@ configs/multi30k_hyperlstm.yaml decodes exactly ``--fixed-length`` wordpieces pe
     nmt prep translation --corpus multi30k --src en --tgt de --out data/multi30k.en-de
     python benchmarks/beam_speed.py --checkpoint runs/multi30k_hyperlstm/checkpoints/last.ckpt
     python benchmarks/beam_speed.py            # untrained model of the Multi30k config size
-    python benchmarks/beam_speed.py --paths fused eager   # the HyperLSTM's two step paths
+    python benchmarks/beam_speed.py --paths int8 fused eager   # serving int8, fused, eager
 
 With ``--paths fused eager`` every setting runs with the fused C++ step kernels and with the
-eager PyTorch step, alternating within each round, and the table adds the eager/fused time
-ratio per setting. ``--clock cpu`` times the process's CPU time instead of wall time, which
-leaves out the waits for a core on a machine shared with other jobs.
+eager PyTorch step, alternating within each round, and the table adds the time ratio of the
+last path to each path per setting. ``int8`` is the server's ``--quantize int8`` model (int8
+linear layers and HyperLSTM products, fused kernels): ``--paths int8 fused eager`` compares the
+serving path with float decoding before and after the fused kernels. ``--clock cpu`` times the
+process's CPU time instead of wall time, which leaves out the waits for a core on a machine
+shared with other jobs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from dataclasses import replace
@@ -32,21 +36,25 @@ from pathlib import Path
 
 import torch
 
+from nmt.bundle import quantize_int8
 from nmt.decoding import DecodingOptions, translate_ids
 from nmt.modules.hyperlstm import HyperLSTMCell
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "multi30k_hyperlstm.yaml"
 SETTINGS = [(1, 1), (5, 1), (1, 64), (5, 64)]  # (beam size, batch size)
-PATHS = ("fused", "eager")
+PATHS = ("fused", "eager", "int8")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def use_path(model: torch.nn.Module, path: str) -> None:
-    """Switch every HyperLSTM cell between the fused kernels and the eager step."""
+def path_model(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """A copy of ``model`` decoding the way ``path`` says: the fused kernels or the eager step
+    in every HyperLSTM cell, or the int8 serving model (fused)."""
+    model = copy.deepcopy(model)
     for module in model.modules():
         if isinstance(module, HyperLSTMCell):
-            module.fused = path == "fused"
+            module.fused = path != "eager"
+    return quantize_int8(model) if path == "int8" else model
 
 
 def untrained_model(vocab_size: int):
@@ -60,13 +68,12 @@ def untrained_model(vocab_size: int):
     return TranslationModel(TranslationConfig.from_dict(architecture)).eval()
 
 
-def profile_beam5(model, sources, base: DecodingOptions, paths: list[str]) -> None:
+def profile_beam5(models: dict, sources, base: DecodingOptions) -> None:
     """Where a beam-5 decode at batch 1 spends its time, for each step path."""
     from torch.profiler import ProfilerActivity, profile
 
     options = replace(base, beam_size=5)
-    for path in paths:
-        use_path(model, path)
+    for path, model in models.items():
         translate_ids(model, sources[:1], options, batch_size=1)  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             translate_ids(model, sources, options, batch_size=1)
@@ -115,15 +122,16 @@ def main() -> None:
         f"{args.split}; {args.threads} thread(s); {args.clock} clock; torch {torch.__version__}"
     )
 
+    models = {path: path_model(model, path) for path in args.paths}
     if args.profile:
-        profile_beam5(model, sources[: args.batch1_sentences], base, args.paths)
+        profile_beam5(models, sources[: args.batch1_sentences], base)
         return
     runs = [(path, setting) for setting in SETTINGS for path in args.paths]
     seconds: dict[tuple[str, tuple[int, int]], list[float]] = {run: [] for run in runs}
     counts, lengths = {}, {}
     for _ in range(args.rounds):
         for path, (beam, batch) in runs:
-            use_path(model, path)
+            model = models[path]
             chosen = sources[: args.batch1_sentences] if batch == 1 else sources
             options = replace(base, beam_size=beam)
             start = clock()

@@ -265,7 +265,7 @@ def load_bundle(directory: str | os.PathLike, quantize: str | None = None) -> Bu
     )
     model = _load_weights(model, root / WEIGHTS, stored=manifest["quantize"]).eval()
     if quantize is not None and manifest["quantize"] is None:
-        model = _quantize_int8(model)
+        model = quantize_int8(model)
     bundle = Bundle(directory=root, manifest=manifest, model=model, config=config)
     if WORDPIECES in spec.files:
         from nmt.wordpieces import Wordpieces
@@ -303,7 +303,7 @@ def _save_weights(model: nn.Module, path: Path, quantize: str | None) -> None:
         save_model(model, str(path), metadata={"format": "pt"})
         return
     linears = _linear_names(model)
-    quantized = _quantize_int8(copy.deepcopy(model))
+    quantized = quantize_int8(copy.deepcopy(model))
     tensors = {
         key: value for key, value in model.state_dict().items() if not _belongs_to(key, linears)
     }
@@ -332,7 +332,7 @@ def _load_weights(model: nn.Module, path: Path, stored: str | None) -> nn.Module
     float_tensors = {k: v for k, v in tensors.items() if not _belongs_to(k, linears)}
     missing, unexpected = model.load_state_dict(float_tensors, strict=False)
     _check_keys(path, [k for k in missing if not _belongs_to(k, linears)], unexpected)
-    quantized = _quantize_int8(model)
+    quantized = quantize_int8(model)
     for name in linears:
         weight, bias = _int8_weight(name, tensors, path)
         quantized.get_submodule(name).set_weight_bias(weight, bias)
@@ -381,7 +381,7 @@ def _linear_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if type(module) is nn.Linear]
 
 
-def _quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module) -> nn.Module:
     """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations float), and
     int8 per-step products in every HyperLSTM cell (its recurrent and input weights, packed
     from the float parameters when first used, so they are not stored in the bundle)."""

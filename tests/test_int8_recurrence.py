@@ -65,5 +65,5 @@ def test_bundle_int8_quantisation_reaches_the_hyperlstm_cells():
     stack = RecurrentStack(10, RecurrentConfig("ln_hyperlstm", 16, 8, 4), 2, True)
     cells = [m for m in stack.modules() if isinstance(m, HyperLSTMCell)]
     assert len(cells) == 3 and not any(c.int8 for c in cells)
-    bundle._quantize_int8(stack)
+    bundle.quantize_int8(stack)
     assert all(c.int8 for c in cells)
