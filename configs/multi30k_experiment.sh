@@ -40,6 +40,7 @@ export OMP_NUM_THREADS=$THREADS
 if [ -f "$run/training_seconds.txt" ]; then  # a finished run: evaluate it again only
     echo "$run is trained ($(cat "$run/training_seconds.txt") s); evaluating"
 else
+    rm -rf "$run/eval"  # reports of an earlier training in this directory
     started=$(date +%s)
     $NMT fit --config "$config" --data.init_args.corpus "$CORPUS" \
         --trainer.logger.init_args.save_dir "$run" --checkpoint.dirpath "$run/checkpoints" "$@"
@@ -49,7 +50,8 @@ fi
 best=$(ls -t "$run"/checkpoints/best-*.ckpt | head -n 1)
 $NMT average --last "$AVERAGE" --out "$run/checkpoints/average.ckpt" "$run"/checkpoints/recent-*.ckpt
 
-evaluate() {  # checkpoint split alpha out-dir
+evaluate() {  # checkpoint split alpha out-dir (kept if already there: a rerun adds alphas)
+    [ -f "$4/$2.json" ] && return
     $NMT evaluate --checkpoint "$1" --corpus "$CORPUS" --split "$2" --alpha "$3" \
         --beam-size "$BEAM" --threads "$THREADS" --no-progress --out-dir "$4" "${limit[@]}" > /dev/null
 }
@@ -70,6 +72,7 @@ for name in best average; do
         evaluate "$checkpoint" val "$alpha" "$run/eval/$name/val-alpha$alpha"
     done
     alpha=$(pick_alpha "$run/eval/$name")
+    echo "$alpha" > "$run/eval/$name/alpha.txt"
     for split in test_2016_flickr test_2017_flickr; do
         evaluate "$checkpoint" "$split" "$alpha" "$run/eval/$name/test-alpha$alpha"
     done
@@ -81,8 +84,8 @@ from pathlib import Path
 run, best = Path(sys.argv[1]), Path(sys.argv[2]).name
 summary = {"run": str(run), "best_checkpoint": best, "checkpoints": {}}
 for name in ("best", "average"):
-    (test_dir,) = (run / "eval" / name).glob("test-alpha*")
-    alpha = test_dir.name.removeprefix("test-alpha")
+    alpha = (run / "eval" / name / "alpha.txt").read_text().strip()
+    test_dir = run / "eval" / name / f"test-alpha{alpha}"
     read = lambda path: json.loads(path.read_text())
     val = read(run / "eval" / name / f"val-alpha{alpha}" / "val.json")
     row = {"alpha": float(alpha), "val_bleu": val["bleu"]["score"]}
