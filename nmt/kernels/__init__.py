@@ -131,9 +131,19 @@ def _reset_for_tests() -> None:
 # ------------------------------------------------------------------- autograd and fake kernels
 
 
+def thread_sums(rows: int, like: Tensor) -> Tensor:
+    """Zeros for parameter gradients the backward kernels sum per thread: (rows, threads, N)."""
+    return like.new_zeros(rows, torch.get_num_threads(), like.shape[-1])
+
+
 def norm_accumulator(like: Tensor) -> Tensor:
-    """Zeros for the backward kernels' norm gradients: (10, threads, N), a slot per thread."""
-    return like.new_zeros(NORM_ROWS, torch.get_num_threads(), like.shape[-1])
+    """The norm gradients' sums: gate gains 4, gate biases 4, cell gain and bias (10 rows)."""
+    return thread_sums(NORM_ROWS, like)
+
+
+def bias_accumulator(like: Tensor) -> Tensor:
+    """The main cell's bias gradient's sums, (4, threads, N)."""
+    return thread_sums(NUM_GATES, like)
 
 
 def norm_totals(acc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -179,17 +189,17 @@ def _main_backward(ctx, grad_h, grad_c):
     grad_d = torch.empty(d.shape, dtype=d.dtype, device=d.device)
     grad_cell_prev = torch.empty_like(cell_prev)
     acc = norm_accumulator(cell_prev) if ctx.layer_norm else cell_prev.new_empty(0)
-    bias_rows = cell_prev.new_zeros(shape)
+    bias_sums = bias_accumulator(cell_prev)
     torch.ops.hypernmt.hyper_main_cell_backward(
         _zeros_if_none(grad_h, cell_prev), _zeros_if_none(grad_c, cell_prev), h_part, x_main,
         d, bias, cell_prev, gate_w, gate_b, cell_w, cell_b, g_mask, grad_h_part, grad_x_main,
-        grad_d, grad_cell_prev, acc, bias_rows,
+        grad_d, grad_cell_prev, acc, bias_sums,
     )  # fmt: skip
     norms = [None] * 4
     if ctx.layer_norm:
         gw, gb, cw, cb = norm_totals(acc)
         norms = [gw.view_as(gate_w), gb.view_as(gate_b), cw, cb]
-    grad_bias = bias_rows.sum(1).view_as(bias)
+    grad_bias = bias_sums.sum(1).view_as(bias)
     return grad_h_part, grad_x_main, grad_d, grad_bias, grad_cell_prev, *norms, None
 
 

@@ -13,9 +13,10 @@
 //
 // The backward kernels recompute the gates from the pre-activation inputs instead of storing
 // them (about 15 (B, N) tensors a step that the eager path keeps), write the input gradients
-// into caller-provided buffers (views into the sequence's gradient buffers), and accumulate
-// the layer-norm gain/bias gradients per batch row (the caller sums over rows once per
-// sequence). The matrix products stay in BLAS, outside these kernels.
+// into caller-provided buffers (views into the sequence's gradient buffers), and add the
+// layer-norm gain/bias gradients and the main cell's bias gradient into one slot per thread
+// (the caller sums the slots once per sequence). The matrix products stay in BLAS, outside
+// these kernels.
 //
 // Tensor layout: gate-major (4, B, N) or (12, B, N) with any strides in the first two
 // dimensions and unit stride in the last; (B, N) tensors with unit stride in the last.
@@ -281,12 +282,13 @@ int64_t grain(int64_t units) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / (kGates * units));
 }
 
-// The norm gradients are summed per thread, (10, threads, N): each parallel chunk adds its
-// rows into its own thread's slot, so no (10, B, N) per-row buffer is read and written a step.
-void check_norm_grads(const at::Tensor& norm_grads, int64_t n) {
-  check_rows(norm_grads, 3, n, "norm_grads");
-  TORCH_CHECK(norm_grads.size(0) == kNormRows && norm_grads.size(1) >= at::get_num_threads(),
-              "norm_grads must be (10, at least torch.get_num_threads(), N)");
+// Parameter gradients are summed per thread, (rows, threads, N): each parallel chunk adds its
+// batch rows into its own thread's slot, so no (rows, B, N) per-row buffer is read and written
+// a step. The norm gradients have 10 rows, the main cell's bias gradient 4.
+void check_thread_sums(const at::Tensor& sums, int64_t rows, int64_t n, const char* name) {
+  check_rows(sums, 3, n, name);
+  TORCH_CHECK(sums.size(0) == rows && sums.size(1) >= at::get_num_threads(), name, " must be (",
+              rows, ", at least torch.get_num_threads(), N)");
 }
 
 void check_cpu(const at::Tensor& t) {
@@ -343,7 +345,7 @@ void ln_lstm_cell_backward(
   for (const at::Tensor* t : {&grad_h, &grad_c, &cell_prev, static_cast<const at::Tensor*>(&grad_cell_prev)}) check_rows(*t, 2, n, "state");
   check_rows(pre, 3, n, "pre");
   check_rows(grad_pre, 3, n, "grad_pre");
-  check_norm_grads(norm_grads, n);
+  check_thread_sums(norm_grads, kNormRows, n, "norm_grads");
   if (g_mask) check_rows(*g_mask, 2, n, "g_mask");
   const auto body = [&](auto zero) {
     using T = decltype(zero);
@@ -452,12 +454,10 @@ void hyper_main_cell_backward(
   check_rows(grad_h_part, 3, n, "grad_h_part");
   check_rows(grad_x_main, 3, n, "grad_x_main");
   check_rows(grad_d, 3, n, "grad_d");
-  check_rows(bias_grads, 3, n, "bias_grads");
+  check_thread_sums(bias_grads, kGates, n, "bias_grads");
   if (g_mask) check_rows(*g_mask, 2, n, "g_mask");
   const bool layer_norm = gate_w.has_value();
-  if (layer_norm) {
-    check_norm_grads(norm_grads, n);
-  }
+  if (layer_norm) check_thread_sums(norm_grads, kNormRows, n, "norm_grads");
   const auto body = [&](auto zero) {
     using T = decltype(zero);
     const auto nm = norms<T>(gate_w, gate_b, cell_w, cell_b, n);
@@ -473,12 +473,13 @@ void hyper_main_cell_backward(
     at::parallel_for(0, batch, grain(n), [&](int64_t begin, int64_t end) {
       Scratch<T> s(n);
       std::vector<T> grad_pre(static_cast<size_t>(kGates * n));
+      const int64_t slot = at::get_thread_num();
       for (int64_t b = begin; b < end; ++b) {
         main_pre(s, hp, xm, dd, b0, b, n);
         const T* m = mask ? mask + b * mask_stride : nullptr;
         lstm_row(s, cp.at(b), m, nm, n);
         lstm_row_backward(s, gh.at(b), gc.at(b), cp.at(b), m, nm, n, grad_pre.data(), n,
-                          gcp.at(b), layer_norm ? acc.at(0, at::get_thread_num()) : nullptr, acc.s0);
+                          gcp.at(b), layer_norm ? acc.at(0, slot) : nullptr, acc.s0);
         for (int64_t k = 0; k < kGates; ++k) {
           const T* g = grad_pre.data() + k * n;
           const T* h = hp.at(k, b);
@@ -490,7 +491,7 @@ void hyper_main_cell_backward(
           T* g_db = gd.at(8 + k, b);
           T* g_h = ghp.at(k, b);
           T* g_x = gxm.at(k, b);
-          T* g_b = gb.at(k, b);
+          T* g_b = gb.at(k, slot);
 #pragma omp simd
           for (int64_t j = 0; j < n; ++j) {
             g_dh[j] = g[j] * h[j];

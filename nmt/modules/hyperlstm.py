@@ -232,7 +232,7 @@ class _StepGrads(NamedTuple):
     x_main: Tensor  # d (W_x x_t), (4, B, H)
     hyper_pre: Tensor  # d of the hyper cell's pre-activation, (4, B, N_hyper)
     d: Tensor  # d (W_z z), (12, B, H)
-    bias_rows: Tensor  # d b_0 per batch row, accumulated over the steps, (4, B, H)
+    bias: Tensor  # d b_0 summed over the steps and the rows of each slot, (4, slots, H)
 
 
 class _EagerPath:
@@ -248,6 +248,9 @@ class _EagerPath:
         main = NormGrads(w.gate_norm, w.cell_norm, h)
         return main, NormGrads(w.hyper_gate_norm, w.hyper_cell_norm, hyper_h)
 
+    def bias_accumulator(self, h: Tensor) -> Tensor:
+        return h.new_zeros(NUM_GATES, 1, h.shape[-1])
+
     def norm_totals(self, acc: NormGrads) -> tuple[Tensor | None, ...]:
         return acc.totals()
 
@@ -256,14 +259,14 @@ class _EagerPath:
         x_main: Tensor, cell_prev: Tensor, w: HyperWeights, g_mask: Tensor | None,
         acc: NormGrads, out: _StepGrads,
     ) -> Tensor:  # fmt: skip
-        """Fills out.h_part, out.x_main, out.d, adds to out.bias_rows; returns d c_{t-1}."""
+        """Fills out.h_part, out.x_main, out.d, adds to out.bias; returns d c_{t-1}."""
         grad_pre, grad_c_prev = self.gate_ops.backward(
             grad_h, grad_c, cell_prev, cache.main, w.gate_norm, w.cell_norm, g_mask, acc
         )
         torch.mul(grad_pre, h_part, out=out.d[D_H])
         torch.mul(grad_pre, x_main, out=out.d[D_X])
         out.d[D_B] = grad_pre
-        out.bias_rows.add_(grad_pre)
+        out.bias.add_(grad_pre.sum(1, keepdim=True))
         torch.mul(grad_pre, cache.scalings[D_H], out=out.h_part)
         torch.mul(grad_pre, cache.scalings[D_X], out=out.x_main)
         return grad_c_prev
@@ -282,13 +285,16 @@ class _EagerPath:
 
 class _FusedPath:
     """A step's element-wise work in the fused C++ kernels; the backward kernels recompute
-    the gates from the step's inputs and sum the norm gradients per thread."""
+    the gates from the step's inputs and sum the norm and bias gradients per thread."""
 
     step = staticmethod(fused_step)
 
     def norm_accumulators(self, w: HyperWeights, h: Tensor, hyper_h: Tensor) -> tuple:
         main = kernels.norm_accumulator(h) if w.gate_norm_weight is not None else None
         return main, kernels.norm_accumulator(hyper_h)
+
+    def bias_accumulator(self, h: Tensor) -> Tensor:
+        return kernels.bias_accumulator(h)
 
     def norm_totals(self, acc: Tensor | None) -> tuple[Tensor | None, ...]:
         return (None,) * 4 if acc is None else kernels.norm_totals(acc)
@@ -302,7 +308,7 @@ class _FusedPath:
         torch.ops.hypernmt.hyper_main_cell_backward(
             grad_h, grad_c, h_part, x_main, cache.scalings, w.d_bias.squeeze(1), cell_prev,
             *w.main_norms(), g_mask, out.h_part, out.x_main, out.d, grad_c_prev,
-            cell_prev.new_empty(0) if acc is None else acc, out.bias_rows,
+            cell_prev.new_empty(0) if acc is None else acc, out.bias,
         )  # fmt: skip
         return grad_c_prev
 
@@ -381,7 +387,7 @@ class _HyperLSTMSequence(torch.autograd.Function):
         d_weight_t = w.d_weight.transpose(1, 2).contiguous()
         grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
         grad_d_weight = w.d_weight.new_zeros(w.d_weight.shape)
-        grad_bias_rows = hs.new_zeros(NUM_GATES, batch, hidden)
+        grad_bias = path.bias_accumulator(hs[0])
         grad_z = hs.new_empty(steps, batch, NUM_Z * z_size)
         main_acc, hyper_acc = path.norm_accumulators(w, hs[0], hyper_hs[0])
         grad = [torch.zeros_like(s[0]) for s in (hs, hs, hyper_hs, hyper_hs)]
@@ -394,7 +400,7 @@ class _HyperLSTMSequence(torch.autograd.Function):
             out = _StepGrads(
                 gate_major(grad_products[t, :, hyper_split:], hidden),
                 gate_major(grad_projected[t, :, :split], hidden),
-                gate_major(grad_products[t, :, :hyper_split], hyper_units), grad_d, grad_bias_rows,
+                gate_major(grad_products[t, :, :hyper_split], hyper_units), grad_d, grad_bias,
             )  # fmt: skip
             h_part = gate_major(cache.recurrent_products[:, hyper_split:], hidden)
             grad_c_prev = path.main_backward(
@@ -414,7 +420,7 @@ class _HyperLSTMSequence(torch.autograd.Function):
 
         grad_weights = HyperWeights(
             *_weight_gradients(grad_products, grad_z, hs, hyper_hs, hyper_split),
-            grad_d_weight, grad_bias_rows.sum(1).unsqueeze(1),
+            grad_d_weight, grad_bias.sum(1, keepdim=True),
             *path.norm_totals(main_acc), *path.norm_totals(hyper_acc),
         )  # fmt: skip
         return (None, grad_projected, None, None, None, *grad, *grad_weights)
