@@ -121,12 +121,15 @@ class _StepCache(NamedTuple):
 
 
 class _FusedCache(NamedTuple):
-    """What the fused backward kernels recompute a step from (instead of its gate values)."""
+    """What the fused backward kernels recompute a step from (instead of its gate values).
+
+    Not the scalings W_z z: the backward recomputes them from z with one small product, cheaper
+    than a fresh (12, B, H) copy every step, which is cold by the time the backward reads it.
+    """
 
     recurrent_products: Tensor  # h_{t-1} @ recurrent.T, (B, 4N_hyper + 4H)
     hyper_pre: Tensor  # the hyper cell's pre-activations, (4, B, N_hyper) gate-major view
     z: Tensor  # (B, 12 N_z)
-    scalings: Tensor  # d_h, d_x, W_bz z_b = W_z z, (12, B, H)
 
 
 class Int8Weights(NamedTuple):
@@ -208,21 +211,28 @@ def fused_step(
     g_mask: Tensor | None,
     hyper_g_mask: Tensor | None,
     products: Tensor | None = None,
+    scalings: Tensor | None = None,
 ) -> tuple[State, _FusedCache]:
     """``hyper_step`` with each cell's element-wise work in one fused kernel
-    (``torch.ops.hypernmt``); the matrix products are the same BLAS calls."""
+    (``torch.ops.hypernmt``); the matrix products are the same BLAS calls. ``scalings``: a
+    (12, B, H) buffer for W_z z that a sequence reuses every step (without autograd only)."""
     _, c, _, hyper_c = state
-    batch = x_hyper.shape[0]
     products, h_part, hyper_pre = _hyper_pre_activation(x_hyper, state, w, products)
     hyper_h, hyper_c = torch.ops.hypernmt.ln_lstm_cell(
         hyper_pre, hyper_c, *w.hyper_norms(), hyper_g_mask
     )
     z = torch.addmm(w.z_bias, hyper_h, w.z_weight.t())
-    d = torch.bmm(z.view(batch, NUM_Z, w.d_weight.shape[1]).transpose(0, 1), w.d_weight)
+    d = _scalings(z, w, scalings)
     h, c = torch.ops.hypernmt.hyper_main_cell(
         h_part, x_main, d, w.d_bias.squeeze(1), c, *w.main_norms(), g_mask
     )
-    return (h, c, hyper_h, hyper_c), _FusedCache(products, hyper_pre, z, d)
+    return (h, c, hyper_h, hyper_c), _FusedCache(products, hyper_pre, z)
+
+
+def _scalings(z: Tensor, w: HyperWeights, out: Tensor | None = None) -> Tensor:
+    """d_h, d_x and the dynamic bias W_bz z_b = W_z z, (12, B, H), from z (B, 12 N_z)."""
+    z_gates = z.view(z.shape[0], NUM_Z, w.d_weight.shape[1]).transpose(0, 1)
+    return torch.bmm(z_gates, w.d_weight, out=out)
 
 
 class _StepGrads(NamedTuple):
@@ -285,9 +295,22 @@ class _EagerPath:
 
 class _FusedPath:
     """A step's element-wise work in the fused C++ kernels; the backward kernels recompute
-    the gates from the step's inputs and sum the norm and bias gradients per thread."""
+    the gates from the step's inputs and sum the norm and bias gradients per thread. One
+    path serves one sequence's forward and backward: its buffer for the scalings W_z z is
+    written every step, forward and backward, so it stays in the cache."""
 
-    step = staticmethod(fused_step)
+    def __init__(self) -> None:
+        self._scalings: Tensor | None = None
+
+    def _scalings_buffer(self, z: Tensor, w: HyperWeights) -> Tensor:
+        shape = (NUM_Z, z.shape[0], w.d_weight.shape[-1])
+        if self._scalings is None or self._scalings.shape != shape:
+            self._scalings = z.new_empty(shape)
+        return self._scalings
+
+    def step(self, x_main, x_hyper, state, w, g_mask, hyper_g_mask):
+        buffer = self._scalings_buffer(x_hyper, w)
+        return fused_step(x_main, x_hyper, state, w, g_mask, hyper_g_mask, scalings=buffer)
 
     def norm_accumulators(self, w: HyperWeights, h: Tensor, hyper_h: Tensor) -> tuple:
         main = kernels.norm_accumulator(h) if w.gate_norm_weight is not None else None
@@ -305,8 +328,9 @@ class _FusedPath:
         acc: Tensor | None, out: _StepGrads,
     ) -> Tensor:  # fmt: skip
         grad_c_prev = torch.empty_like(grad_c)
+        scalings = _scalings(cache.z, w, self._scalings_buffer(cache.z, w))
         torch.ops.hypernmt.hyper_main_cell_backward(
-            grad_h, grad_c, h_part, x_main, cache.scalings, w.d_bias.squeeze(1), cell_prev,
+            grad_h, grad_c, h_part, x_main, scalings, w.d_bias.squeeze(1), cell_prev,
             *w.main_norms(), g_mask, out.h_part, out.x_main, out.d, grad_c_prev,
             cell_prev.new_empty(0) if acc is None else acc, out.bias,
         )  # fmt: skip
