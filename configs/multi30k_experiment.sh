@@ -12,7 +12,7 @@
 # Environment (defaults in brackets):
 #   NMT      the nmt command                                  [nmt]
 #   THREADS  torch threads for training and evaluation        [1]
-#   ALPHAS   length-penalty exponents tried on validation     [0.0 0.2 ... 1.4]
+#   ALPHAS   length-penalty exponents tried on validation     [0.0 0.2 ... 2.0]
 #   BEAM     beam size                                        [5]
 #   AVERAGE  how many recent checkpoints to average           [5]
 #   CORPUS   the prepared corpus                              [data/multi30k.en-de]
@@ -28,7 +28,7 @@ run=${1:-runs/$(basename "$config" .yaml)}
 shift || true
 NMT=${NMT:-nmt}
 THREADS=${THREADS:-1}
-ALPHAS=${ALPHAS:-0.0 0.2 0.4 0.6 0.8 1.0 1.2 1.4}
+ALPHAS=${ALPHAS:-0.0 0.2 0.4 0.6 0.8 1.0 1.2 1.4 1.6 1.8 2.0}
 BEAM=${BEAM:-5}
 AVERAGE=${AVERAGE:-5}
 CORPUS=${CORPUS:-data/multi30k.en-de}
