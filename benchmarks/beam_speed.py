@@ -20,7 +20,10 @@ With ``--paths fused eager`` every setting runs with the fused C++ step kernels 
 eager PyTorch step, alternating within each round, and the table adds the time ratio of the
 last path to each path per setting. ``int8`` is the server's ``--quantize int8`` model (int8
 linear layers and HyperLSTM products, fused kernels): ``--paths int8 fused eager`` compares the
-serving path with float decoding before and after the fused kernels. ``--clock cpu`` times the
+serving path with float decoding before and after the fused kernels. ``transposed`` is the fused
+path with every product of a step on the (out, in) weights (x @ W.T, as nn.Linear keeps them)
+instead of input-major copies (``nmt/modules/linear.py``): ``--paths fused transposed``
+measures what the copies buy. ``--clock cpu`` times the
 process's CPU time instead of wall time, which leaves out the waits for a core on a machine
 shared with other jobs.
 """
@@ -28,6 +31,7 @@ shared with other jobs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -38,12 +42,14 @@ import torch
 
 from nmt.bundle import quantize_int8
 from nmt.decoding import DecodingOptions, translate_ids
+from nmt.models import translation
+from nmt.modules import hyperlstm
 from nmt.modules.hyperlstm import HyperLSTMCell
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "multi30k_hyperlstm.yaml"
 SETTINGS = [(1, 1), (5, 1), (1, 64), (5, 64)]  # (beam size, batch size)
-PATHS = ("fused", "eager", "int8")
+PATHS = ("fused", "eager", "int8", "transposed")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -55,6 +61,22 @@ def path_model(model: torch.nn.Module, path: str) -> torch.nn.Module:
         if isinstance(module, HyperLSTMCell):
             module.fused = path != "eager"
     return quantize_int8(model) if path == "int8" else model
+
+
+@contextlib.contextmanager
+def weight_layout(path: str):
+    """For ``transposed``: the decoder's linear layers and the HyperLSTM's step products on
+    their (out, in) weights, as they ran before the input-major copies."""
+    if path != "transposed":
+        yield
+        return
+    saved = translation.linear, hyperlstm.input_major
+    translation.linear = lambda layer, x: layer(x)
+    hyperlstm.input_major = lambda weight: weight.t()
+    try:
+        yield
+    finally:
+        translation.linear, hyperlstm.input_major = saved
 
 
 def untrained_model(vocab_size: int):
@@ -74,9 +96,10 @@ def profile_beam5(models: dict, sources, base: DecodingOptions) -> None:
 
     options = replace(base, beam_size=5)
     for path, model in models.items():
-        translate_ids(model, sources[:1], options, batch_size=1)  # warm-up
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            translate_ids(model, sources, options, batch_size=1)
+        with weight_layout(path):
+            translate_ids(model, sources[:1], options, batch_size=1)  # warm-up
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                translate_ids(model, sources, options, batch_size=1)
         print(f"\n{path}: beam 5, batch 1, {len(sources)} sentences")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
@@ -134,21 +157,22 @@ def main() -> None:
             model = models[path]
             chosen = sources[: args.batch1_sentences] if batch == 1 else sources
             options = replace(base, beam_size=beam)
-            start = clock()
-            found = translate_ids(model, chosen, options, batch_size=batch)
-            seconds[(path, (beam, batch))].append(clock() - start)
+            with weight_layout(path):
+                start = clock()
+                found = translate_ids(model, chosen, options, batch_size=batch)
+                seconds[(path, (beam, batch))].append(clock() - start)
             counts[(beam, batch)] = len(chosen)
             lengths[(path, (beam, batch))] = statistics.mean(len(h[0].tokens) for h in found)
 
     compare = len(args.paths) > 1
     print(
-        f"{'path':>5} {'beam':>4} {'batch':>5} {'sentences':>9} {'out len':>7} {'seconds':>8} "
+        f"{'path':>10} {'beam':>4} {'batch':>5} {'sentences':>9} {'out len':>7} {'seconds':>8} "
         f"{'sent/s':>8}" + (f" {'x ' + args.paths[-1]:>8}" if compare else "")
     )
     for path, setting in runs:
         median = statistics.median(seconds[(path, setting)])
         line = (
-            f"{path:>5} {setting[0]:>4} {setting[1]:>5} {counts[setting]:>9} "
+            f"{path:>10} {setting[0]:>4} {setting[1]:>5} {counts[setting]:>9} "
             f"{lengths[(path, setting)]:>7.1f} {median:>8.2f} {counts[setting] / median:>8.1f}"
         )
         if compare:

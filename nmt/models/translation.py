@@ -34,6 +34,7 @@ from nmt.config_bounds import (
     check_fraction,
     check_int,
 )
+from nmt.modules.linear import linear
 from nmt.modules.recurrent import RecurrentConfig, RecurrentLayer, RecurrentStack, State
 from nmt.special_tokens import PAD_ID, RESERVED_PIECES
 
@@ -112,7 +113,7 @@ class Attention(nn.Module):
 
     def forward(self, query: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """query (B, T, Q), memory (B, S, D), mask (B, S) -> context (B, T, D), weights (B,T,S)."""
-        scores = torch.bmm(self.query(query), memory.transpose(1, 2)) * self.scale
+        scores = torch.bmm(linear(self.query, query), memory.transpose(1, 2)) * self.scale
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         return torch.bmm(weights, memory), weights
@@ -229,8 +230,10 @@ class TranslationModel(nn.Module):
             )
             hidden = output + hidden if index >= self.config.residual_from else output
             new_states.append(layer_state)
-        pre_output = torch.tanh(self.pre_output(torch.cat([self.dropout(hidden), context], -1)))
-        return self.output(self.dropout(pre_output)), new_states
+        pre_output = torch.tanh(
+            linear(self.pre_output, torch.cat([self.dropout(hidden), context], -1))
+        )
+        return linear(self.output, self.dropout(pre_output)), new_states
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: tgt_in (B, T) = BOS + target ids, padded -> logits (B, T, V)."""
