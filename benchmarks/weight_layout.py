@@ -37,6 +37,19 @@ def median_ms(run, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def layout_ms(rows: int, inputs: int, outputs: int, rounds: int, repeats: int):
+    """Median ms of x @ W.T and of x @ W (input-major copy), interleaved over rounds."""
+    x = torch.randn(rows, inputs)
+    weight = torch.randn(outputs, inputs)  # as nn.Linear and the cells keep it
+    weight_t = weight.t().contiguous()  # input-major
+    torch.testing.assert_close(x @ weight.t(), x @ weight_t, rtol=1e-4, atol=1e-3)
+    transposed, input_major = [], []
+    for _ in range(rounds):
+        transposed.append(median_ms(lambda: x @ weight.t(), repeats))
+        input_major.append(median_ms(lambda: x @ weight_t, repeats))
+    return statistics.median(transposed), statistics.median(input_major)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -48,15 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{torch.get_num_threads()} threads, median of {args.repeats} x {args.rounds} rounds")
     print(f"{'rows':>4} {'in':>4} {'out':>5} {'x @ W.T ms':>10} {'x @ W ms':>8} {'ratio':>5}  what")
     for rows, inputs, outputs, what in SHAPES:
-        x = torch.randn(rows, inputs)
-        weight = torch.randn(outputs, inputs)  # as nn.Linear and the cells keep it
-        weight_t = weight.t().contiguous()  # input-major
-        torch.testing.assert_close(x @ weight.t(), x @ weight_t, rtol=1e-4, atol=1e-3)
-        transposed, input_major = [], []
-        for _ in range(args.rounds):
-            transposed.append(median_ms(lambda: x @ weight.t(), args.repeats))
-            input_major.append(median_ms(lambda: x @ weight_t, args.repeats))
-        a, b = statistics.median(transposed), statistics.median(input_major)
+        a, b = layout_ms(rows, inputs, outputs, args.rounds, args.repeats)
         print(f"{rows:>4} {inputs:>4} {outputs:>5} {a:10.3f} {b:8.3f} {a / b:5.2f}  {what}")
     return 0
 

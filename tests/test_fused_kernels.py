@@ -256,6 +256,18 @@ def test_a_lock_left_by_a_killed_build_is_removed_and_the_build_goes_on(tmp_path
     assert "ran (2, 3, 5)" in done.stdout and not lock.exists()
 
 
+def test_the_build_folder_is_one_per_cpu(tmp_path, monkeypatch):
+    """-march=native builds for one CPU; another CPU sharing the cache folder builds its own."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folders = {}
+    for cpu in ("cpu A avx2", "cpu B avx512f", "cpu A avx2"):
+        monkeypatch.setattr(kernels, "cpu_identity", lambda cpu=cpu: cpu)
+        folders.setdefault(cpu, set()).add(kernels.build_directory())
+    assert all(len(found) == 1 for found in folders.values())
+    a, b = (found.pop() for found in folders.values())
+    assert a != b and a.parent == b.parent == tmp_path
+
+
 def test_a_fresh_lock_is_waited_for(tmp_path, monkeypatch):
     lock = tmp_path / "lock"
     lock.touch()

@@ -18,8 +18,10 @@ is False and the callers run the eager PyTorch path; the reason is logged once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,7 @@ NORM_ROWS = 10  # norm gradients: gate gains 4, gate biases 4, cell gain, cell b
 # a build takes about a minute; a lock this old was left by a process killed while building
 STALE_LOCK_SECONDS = 600.0
 LOCK_POLL_SECONDS = 0.5
+CPU_HASH_CHARS = 12  # of the CPU identity's sha256 in the build folder's name
 
 _state: dict[str, object] = {}  # "ok": bool, "reason": str once a build was tried
 _logged: set[str] = set()
@@ -63,14 +66,31 @@ def unavailable_reason() -> str:
     return str(_state.get("reason", ""))
 
 
+def cpu_identity() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and instruction-set flags (Linux),
+    or the platform's processor string elsewhere."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    fields = {}
+    for line in info.split("\n\n", 1)[0].splitlines():  # the first CPU's block
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    keys = ("model name", "flags", "Features", "CPU part")  # x86 names; ARM's last two
+    return " ".join(fields.get(key, "") for key in keys)
+
+
 def build_directory() -> Path:
     """Where the build is cached: ``TORCH_EXTENSIONS_DIR`` (torch's default root otherwise),
-    one folder per Python and torch version."""
+    one folder per Python and torch version and per CPU: a build for one CPU's instruction
+    set could crash on another (a home directory shared by the nodes of a cluster)."""
     from torch.utils import cpp_extension
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return Path(root) / f"{EXTENSION_NAME}-{python}-torch{torch.__version__}"
+    cpu = hashlib.sha256(cpu_identity().encode()).hexdigest()[:CPU_HASH_CHARS]
+    return Path(root) / f"{EXTENSION_NAME}-{python}-torch{torch.__version__}-cpu{cpu}"
 
 
 def wait_for_build_lock(directory: Path, stale_after: float = STALE_LOCK_SECONDS) -> None:

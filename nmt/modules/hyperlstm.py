@@ -685,7 +685,12 @@ class HyperLSTMCell(nn.Module):
         g_mask, hyper_g_mask = self._masks((batch,), x)
         step = fused_step if self.uses_fused_kernels(x) else hyper_step
         state, _ = step(
-            x_main, projected[:, split:], state, step_weights.recurrence, g_mask, hyper_g_mask,
+            x_main,
+            projected[:, split:],
+            state,
+            step_weights.recurrence,
+            g_mask,
+            hyper_g_mask,
             products=products,
         )
         return state[0], state
