@@ -18,7 +18,8 @@
 #   CORPUS   the prepared corpus                              [data/multi30k.en-de]
 #   PYTHON   an interpreter with HyperNMT installed           [python]
 #   LIMIT    score only the first N sentences of each split (a quick check of the recipe) [all]
-# Writes RUN_DIR/summary.json and prints one Markdown table row per checkpoint. A run whose
+# Writes RUN_DIR/summary.json and prints one Markdown table row per checkpoint, and which of the
+# two validation picks ("chosen": the higher validation BLEU). A run whose
 # training finished (RUN_DIR/training_seconds.txt) is only evaluated again.
 set -euo pipefail
 
@@ -97,5 +98,9 @@ for name in ("best", "average"):
     t16, t17 = row["test_2016_flickr"], row["test_2017_flickr"]
     print(f"| {run.name} | {name} | {row['alpha']:.1f} | {row['val_bleu']:.2f} | "
           f"{t16['bleu']:.2f} | {t16['chrf']:.1f} | {t17['bleu']:.2f} | {t17['chrf']:.1f} |")
+# the checkpoint validation picks (the best single one on a tie): what the run reports
+rows = summary["checkpoints"]
+summary["chosen"] = max(rows, key=lambda name: (rows[name]["val_bleu"], name == "best"))
+print(f"validation picks: {summary['chosen']}")
 (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 PY
