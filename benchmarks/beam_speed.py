@@ -31,7 +31,6 @@ shared with other jobs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import statistics
 import time
@@ -39,11 +38,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from weight_layout import transposed_products
 
 from nmt.bundle import quantize_int8
 from nmt.decoding import DecodingOptions, translate_ids
-from nmt.models import translation
-from nmt.modules import hyperlstm
 from nmt.modules.hyperlstm import HyperLSTMCell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,22 +61,6 @@ def path_model(model: torch.nn.Module, path: str) -> torch.nn.Module:
     return quantize_int8(model) if path == "int8" else model
 
 
-@contextlib.contextmanager
-def weight_layout(path: str):
-    """For ``transposed``: the decoder's linear layers and the HyperLSTM's step products on
-    their (out, in) weights, as they ran before the input-major copies."""
-    if path != "transposed":
-        yield
-        return
-    saved = translation.linear, hyperlstm.input_major
-    translation.linear = lambda layer, x: layer(x)
-    hyperlstm.input_major = lambda weight: weight.t()
-    try:
-        yield
-    finally:
-        translation.linear, hyperlstm.input_major = saved
-
-
 def untrained_model(vocab_size: int):
     import yaml
 
@@ -96,7 +78,7 @@ def profile_beam5(models: dict, sources, base: DecodingOptions) -> None:
 
     options = replace(base, beam_size=5)
     for path, model in models.items():
-        with weight_layout(path):
+        with transposed_products(path == "transposed"):
             translate_ids(model, sources[:1], options, batch_size=1)  # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 translate_ids(model, sources, options, batch_size=1)
@@ -157,7 +139,7 @@ def main() -> None:
             model = models[path]
             chosen = sources[: args.batch1_sentences] if batch == 1 else sources
             options = replace(base, beam_size=beam)
-            with weight_layout(path):
+            with transposed_products(path == "transposed"):
                 start = clock()
                 found = translate_ids(model, chosen, options, batch_size=batch)
                 seconds[(path, (beam, batch))].append(clock() - start)

@@ -2,7 +2,8 @@
 
 Sizes of the HyperNetworks NMT setting at benchmark scale: hidden 512, hyper 128, N_z 32,
 input 256, batch 64, length 40, two threads. Prints median times and ratios to nn.LSTM for the
-fused C++ kernels and the eager path, parameter counts, the time of one decoding step
+fused C++ kernels and the eager path (and the fused layer without its input-major weight
+copies, ``W.T``), parameter counts, the time of one decoding step
 (``step()`` without autograd) at small batches, and (with --profile) where the fused
 ln_hyperlstm's time goes. Each figure is the median over interleaved rounds; with --rounds the
 per-round ratios are printed too, to show the spread on a busy machine. ``--clock cpu`` times
@@ -22,18 +23,24 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from weight_layout import transposed_products
 
 from nmt.modules.recurrent import RecurrentConfig, RecurrentLayer
 
 INPUT, HIDDEN, HYPER, N_Z, BATCH, LENGTH, THREADS = 256, 512, 128, 32, 64, 40, 2
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
+TRANSPOSED = "ln_hyperlstm (fused, W.T)"  # the fused layer without input-major weight copies
 
 
-def fwd_bwd(module: nn.Module) -> Callable[[torch.Tensor], None]:
+def fwd_bwd(module: nn.Module, transposed: bool = False) -> Callable[[torch.Tensor], None]:
+    """Forward and backward of ``module``; ``transposed``: its step products on (out, in)
+    weights instead of input-major copies (``weight_layout.py``)."""
+
     def run(x: torch.Tensor) -> None:
-        outputs = module(x)[0]
-        outputs.sum().backward()
+        with transposed_products(transposed):
+            outputs = module(x)[0]
+            outputs.sum().backward()
 
     return run
 
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "ln_hyperlstm (eager)": hyper_layer("ln_hyperlstm", fused=False),
         "hyperlstm (fused)": hyper_layer("hyperlstm"),
         "ln_hyperlstm (fused)": hyper_layer("ln_hyperlstm"),
+        TRANSPOSED: hyper_layer("ln_hyperlstm"),
     }
     if args.compiled:
         candidates["hyperlstm (compiled)"] = hyper_layer("hyperlstm", compile=True)
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, module in candidates.items():
-            rounds[name].append(median_ms(fwd_bwd(module), x, args.repeats))
+            run = fwd_bwd(module, transposed=name == TRANSPOSED)
+            rounds[name].append(median_ms(run, x, args.repeats))
     base = statistics.median(rounds["nn.LSTM"])
     print(
         f"{'layer':26s} {'fwd+bwd ms':>10s} {'x nn.LSTM':>9s} {'per round':>20s} "

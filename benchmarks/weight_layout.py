@@ -12,10 +12,14 @@ of each layout over interleaved rounds and their ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
+
+from nmt.models import translation
+from nmt.modules import hyperlstm
 
 # (rows, in, out, what): a training step at batch 64, decoding at beam 5 x 1 and x 8 sentences
 SHAPES = (
@@ -25,6 +29,23 @@ SHAPES = (
     (5, 256, 1280, "Multi30k ln_hyperlstm 256: recurrent product, beam 5"),
     (40, 256, 1280, "Multi30k ln_hyperlstm 256: recurrent product, beam 5 x 8"),
 )
+
+
+@contextlib.contextmanager
+def transposed_products(on: bool = True):
+    """While on: the decoder's linear layers and the HyperLSTM's step products multiply by their
+    (out, in) weights (x @ W.T), as before the input-major copies; the baseline that
+    ``beam_speed.py`` and ``hyperlstm_speed.py`` time those copies against."""
+    if not on:
+        yield
+        return
+    saved = translation.linear, hyperlstm.input_major
+    translation.linear = lambda layer, x: layer(x)
+    hyperlstm.input_major = lambda weight: weight.t()
+    try:
+        yield
+    finally:
+        translation.linear, hyperlstm.input_major = saved
 
 
 def median_ms(run, repeats: int) -> float:
