@@ -11,16 +11,14 @@ Per step, gates y in (i, f, o, g) (gate-major tensors, see nmt/modules/lstm.py):
 projection, W_x x_t and the hyper cell's x_t part are one matrix product over all steps before
 the recurrence. The recurrence runs in ``_HyperLSTMSequence``, an autograd function whose
 backward keeps every step's gradients and forms all weight gradients as a few large products
-after the backward loop; the per-step products read input-major copies of their weights
-(``input_major``). On the CPU, ``_FusedPath`` and ``fused_step`` do each cell's element-wise
-work of a step in one C++ kernel (``nmt.kernels``); the eager functions stay the reference and
-the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the two large products of
-every step on int8 weights.
+after the backward loop. On the CPU, ``_FusedHyperLSTMSequence`` and ``fused_step`` do each
+cell's element-wise work of a step in one C++ kernel (``nmt.kernels``); the eager functions
+stay the reference and the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the
+two large products of every step on int8 weights.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import NamedTuple
 
@@ -150,7 +148,7 @@ class Int8Weights(NamedTuple):
 
 
 INT8_MAX = 127  # symmetric int8 range of the weights
-PROBE_WIDTH = 64  # inputs of the product that tells whether fbgemm's sums saturate
+REDUCE_RANGE = True  # fbgemm without VNNI saturates with 8-bit activations
 
 
 def pack_int8(weight: Tensor) -> object:
@@ -166,21 +164,9 @@ def pack_int8(weight: Tensor) -> object:
     return torch.ops.quantized.linear_prepack(quantized, None)
 
 
-@functools.cache
-def reduce_range() -> bool:
-    """Whether fbgemm needs 7-bit activations on this CPU. Without VNNI its int8 kernels add
-    pairs of products into saturating 16-bit sums (AVX2's vpmaddubsw), which full 8-bit
-    activations overflow (4x the error of 7 bits, measured); with VNNI they add in 32 bits and
-    the eighth bit lowers the error. A product of ones overflows a saturating pair sum
-    (2 x 255 x 127 > 32,767), so its result tells which kernel runs."""
-    ones = torch.ones(1, PROBE_WIDTH)
-    out = torch.ops.quantized.linear_dynamic(ones, pack_int8(ones), False)
-    return not torch.allclose(out, torch.full_like(out, float(PROBE_WIDTH)), rtol=0.01)
-
-
 def linear_int8(x: Tensor, packed: object) -> Tensor:
     """x @ W.T with the prepacked int8 W (x quantised per call; reduce_range as fbgemm needs)."""
-    out = torch.ops.quantized.linear_dynamic(x.float(), packed, reduce_range())
+    out = torch.ops.quantized.linear_dynamic(x.float(), packed, REDUCE_RANGE)
     return out.to(x.dtype)
 
 
