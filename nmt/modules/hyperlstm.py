@@ -11,10 +11,11 @@ Per step, gates y in (i, f, o, g) (gate-major tensors, see nmt/modules/lstm.py):
 projection, W_x x_t and the hyper cell's x_t part are one matrix product over all steps before
 the recurrence. The recurrence runs in ``_HyperLSTMSequence``, an autograd function whose
 backward keeps every step's gradients and forms all weight gradients as a few large products
-after the backward loop. On the CPU, ``_FusedHyperLSTMSequence`` and ``fused_step`` do each
-cell's element-wise work of a step in one C++ kernel (``nmt.kernels``); the eager functions
-stay the reference and the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the
-two large products of every step on int8 weights.
+after the backward loop; the per-step products read input-major copies of their weights
+(``input_major``). On the CPU, ``_FusedPath`` and ``fused_step`` do each cell's element-wise
+work of a step in one C++ kernel (``nmt.kernels``); the eager functions stay the reference and
+the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the two large products of
+every step on int8 weights.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ class Int8Weights(NamedTuple):
 
 
 INT8_MAX = 127  # symmetric int8 range of the weights
-REDUCE_RANGE = True  # fbgemm without VNNI saturates with 8-bit activations
+# 7-bit activations: fbgemm without VNNI saturates with 8 bits, and on a VNNI CPU 8 bits still
+# put the int8 model further from float (tests/test_bundle.py)
+REDUCE_RANGE = True
 
 
 def pack_int8(weight: Tensor) -> object:
