@@ -6,7 +6,9 @@ fused C++ kernels and the eager path (and the fused layer without its input-majo
 copies, ``W.T``), parameter counts, the time of one decoding step
 (``step()`` without autograd) at small batches, and (with --profile) where the fused
 ln_hyperlstm's time goes. Each figure is the median over interleaved rounds; with --rounds the
-per-round ratios are printed too, to show the spread on a busy machine. ``--clock cpu`` times
+per-round ratios are printed too, to show the spread on a busy machine. The page faults column
+counts the minor page faults of one forward+backward (new memory the process touches: a
+deterministic cost that timing on a noisy machine hides). ``--clock cpu`` times
 the process's CPU time instead of wall time: on a machine shared with other jobs it leaves out
 the time spent waiting for a core (it still includes their effect on the caches).
 
@@ -17,6 +19,7 @@ the time spent waiting for a core (it still includes their effect on the caches)
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -45,14 +48,19 @@ def fwd_bwd(module: nn.Module, transposed: bool = False) -> Callable[[torch.Tens
     return run
 
 
-def median_ms(run: Callable[[torch.Tensor], None], x: torch.Tensor, repeats: int) -> float:
+def median_ms(
+    run: Callable[[torch.Tensor], None], x: torch.Tensor, repeats: int
+) -> tuple[float, float]:
+    """The median time of ``run`` in ms, and its minor page faults per call."""
     run(x)  # warm-up (and compilation)
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         start = clock()
         run(x)
         times.append(clock() - start)
-    return 1000 * statistics.median(times)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return 1000 * statistics.median(times), faults / repeats
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -132,14 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         candidates["ln_hyperlstm (compiled)"] = hyper_layer("ln_hyperlstm", compile=True)
     # interleave rounds so that load from other processes hits every candidate alike
     rounds = {name: [] for name in candidates}
+    faults = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, module in candidates.items():
             run = fwd_bwd(module, transposed=name == TRANSPOSED)
-            rounds[name].append(median_ms(run, x, args.repeats))
+            ms, round_faults = median_ms(run, x, args.repeats)
+            rounds[name].append(ms)
+            faults[name].append(round_faults)
     base = statistics.median(rounds["nn.LSTM"])
     print(
         f"{'layer':26s} {'fwd+bwd ms':>10s} {'x nn.LSTM':>9s} {'per round':>20s} "
-        f"{'parameters':>11s}"
+        f"{'parameters':>11s} {'page faults':>11s}"
     )
     for name, module in candidates.items():
         ms = statistics.median(rounds[name])
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"{name:26s} {ms:10.1f} {ms / base:9.2f} {per_round:>20s} "
-            f"{parameter_count(module):11,d}"
+            f"{parameter_count(module):11,d} {statistics.median(faults[name]):11,.0f}"
         )
     decoding_steps(args.rounds, args.step_count)
     if args.profile:

@@ -372,3 +372,29 @@ def test_compiled_path_wiring(cell_type, monkeypatch):
 def test_compiled_matches_eager(cell_type):
     """Inductor-fused gate arithmetic agrees with eager (first compile takes about a minute)."""
     compiled_matches_eager(cell_type)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
+def test_backward_workspace_reuse_changes_no_gradient(fused):
+    """A backward pass of another shape in between (the workspace grows, then a prefix of it
+    is reused, holding the larger pass's values) leaves the gradients bit for bit as a fresh
+    cell's: every step writes all of its gradient columns before they are read."""
+    torch.manual_seed(0)
+    cell = HyperLSTMCell(4, 6, 5, 2, fused=fused).double()
+    perturb_(cell)
+    fresh = HyperLSTMCell(4, 6, 5, 2, fused=fused).double()
+    fresh.load_state_dict(cell.state_dict())
+
+    def gradients(module, steps, batch):
+        module.zero_grad()
+        torch.manual_seed(steps * 10 + batch)
+        x = torch.randn(batch, steps, 4, dtype=torch.float64, requires_grad=True)
+        outputs, _ = module(x, None, module.initial_state(batch, dtype=torch.float64))
+        (outputs * torch.randn_like(outputs)).sum().backward()
+        return [x.grad] + [p.grad.clone() for p in module.parameters()]
+
+    small = gradients(cell, 3, 2)
+    gradients(cell, 7, 5)  # grows the workspace
+    again = gradients(cell, 3, 2)  # reuses a prefix of it
+    for a, b, c in zip(small, again, gradients(fresh, 3, 2), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)

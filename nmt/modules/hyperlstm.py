@@ -10,8 +10,8 @@ Per step, gates y in (i, f, o, g) (gate-major tensors, see nmt/modules/lstm.py):
 (LN off in the plain variant.) Because d_x(z_x) * (W_x x_t) only rescales rows of an ordinary
 projection, W_x x_t and the hyper cell's x_t part are one matrix product over all steps before
 the recurrence. The recurrence runs in ``_HyperLSTMSequence``, an autograd function whose
-backward keeps every step's gradients and forms all weight gradients as a few large products
-after the backward loop; the per-step products read input-major copies of their weights
+backward keeps every step's gradients (in a buffer each cell reuses, ``BackwardWorkspace``) and
+forms all weight gradients as a few large products after the backward loop; the per-step products read input-major copies of their weights
 (``input_major``). On the CPU, ``_FusedPath`` and ``fused_step`` do each cell's element-wise
 work of a step in one C++ kernel (``nmt.kernels``); the eager functions stay the reference and
 the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the two large products of
@@ -20,6 +20,7 @@ every step on int8 weights.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple
 
@@ -381,14 +382,45 @@ def _split_projected(projected: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
     return x_main, projected[..., split:]
 
 
+class BackwardWorkspace:
+    """One cell's buffer for every step's gradient of the recurrent products, (T, B, 4N_hyper
+    + 4H), reused by each backward pass instead of allocated fresh.
+
+    Why: a fresh buffer this large is new memory every pass, and the kernel that first writes
+    each 4 KB page of it pays a page fault there (in the loop, the main cell's backward kernel
+    took 4.0 ms a step with a fresh buffer and 1.6 ms with a reused one). Reuse is safe because
+    the buffer never leaves the backward pass: ``_weight_gradients`` consumes it before the pass
+    returns, and the passes of one cell run one after another (autograd runs a graph's CPU
+    nodes on one thread). It grows to the largest (T, B) seen and keeps that size.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
+        size = math.prod(shape)
+        buffer = self._buffer
+        if (
+            buffer is None
+            or buffer.numel() < size
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
+            buffer = self._buffer = like.new_empty(size)
+        return buffer[:size].view(shape)
+
+
 class _HyperLSTMSequence(torch.autograd.Function):
     """The whole recurrence with a hand-written backward (see the module docstring); ``path``
-    (``_EagerPath`` or ``_FusedPath``) does each step's element-wise work."""
+    (``_EagerPath`` or ``_FusedPath``) does each step's element-wise work, ``workspace`` holds
+    the backward pass's per-step gradients of the recurrent products."""
 
     @staticmethod
     def forward(
-        ctx, path, projected, lengths, g_mask, hyper_g_mask, h0, c0, hyper_h0, hyper_c0, *weights
-    ):
+        ctx, path, workspace, projected, lengths, g_mask, hyper_g_mask, h0, c0, hyper_h0,
+        hyper_c0, *weights,
+    ):  # fmt: skip
         w = HyperWeights(*weights)
         steps, batch, _ = projected.shape
         x_main, x_hyper = _split_projected(projected, h0.shape[-1])
@@ -405,7 +437,7 @@ class _HyperLSTMSequence(torch.autograd.Function):
             caches.append(cache)
         ends = SequenceEnds(lengths, steps, batch, h0.device)
         hs, hyper_hs = torch.stack(states[0]), torch.stack(states[2])
-        ctx.path, ctx.caches, ctx.ends = path, caches, ends
+        ctx.path, ctx.workspace, ctx.caches, ctx.ends = path, workspace, caches, ends
         ctx.cells, ctx.hyper_cells = states[1], states[3]
         ctx.save_for_backward(projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights)
         ctx.set_materialize_grads(False)
@@ -425,11 +457,10 @@ class _HyperLSTMSequence(torch.autograd.Function):
         z_size = w.d_weight.shape[1]
         x_main, _ = _split_projected(projected, hidden)
 
-        # One buffer, columns [W_x x_t | hyper pre-activation | W_h h_{t-1}]: the gradients of
-        # the input-side projections and of the recurrent products share the hyper columns.
-        grads = hs.new_empty(steps, batch, 2 * split + hyper_split)
-        grad_projected = grads[..., : split + hyper_split]
-        grad_products = grads[..., split:]  # d (h_{t-1} @ recurrent.T)
+        # d (h_{t-1} @ recurrent.T), columns [hyper pre-activation | W_h h_{t-1}]; the hyper
+        # columns are also the hyper part of grad_projected, copied there after the loop.
+        grad_products = ctx.workspace.take((steps, batch, hyper_split + split), hs)
+        grad_projected = hs.new_empty(steps, batch, split + hyper_split)
         d_weight_t = w.d_weight.transpose(1, 2).contiguous()
         grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
         grad_d_weight = w.d_weight.new_zeros(w.d_weight.shape)
@@ -464,12 +495,13 @@ class _HyperLSTMSequence(torch.autograd.Function):
                 grad_products[t, :, :hyper_split] @ w.hyper_recurrent, grad_hyper_c_prev,
             ]  # fmt: skip
 
+        grad_projected[..., split:].copy_(grad_products[..., :hyper_split])
         grad_weights = HyperWeights(
             *_weight_gradients(grad_products, grad_z, hs, hyper_hs, hyper_split),
             grad_d_weight, grad_bias.sum(1, keepdim=True),
             *path.norm_totals(main_acc), *path.norm_totals(hyper_acc),
         )  # fmt: skip
-        return (None, grad_projected, None, None, None, *grad, *grad_weights)
+        return (None, None, grad_projected, None, None, None, *grad, *grad_weights)
 
 
 def _weight_gradients(
@@ -514,6 +546,7 @@ class HyperLSTMCell(nn.Module):
         # int8 products for inference (see quantize_int8_); (parameter versions, packed weights)
         self.int8 = False
         self._cached_int8: tuple[tuple, Int8Weights] | None = None
+        self._workspace = BackwardWorkspace()
         gates = NUM_GATES * hidden_size
         self.hyper = LayerNormLSTMCell(
             hidden_size + input_size, hyper_size, forget_bias, recurrent_dropout
@@ -611,8 +644,9 @@ class HyperLSTMCell(nn.Module):
         g_mask, hyper_g_mask = self._masks((steps, batch), inputs)
         path = _FusedPath() if self.uses_fused_kernels(inputs) else _EagerPath(self.compile)
         outputs, *final = _HyperLSTMSequence.apply(
-            path, projected, lengths, g_mask, hyper_g_mask, *state, *self.recurrence_weights()
-        )
+            path, self._workspace, projected, lengths, g_mask, hyper_g_mask, *state,
+            *self.recurrence_weights(),
+        )  # fmt: skip
         return batch_first_outputs(outputs, lengths), tuple(final)
 
     def _step_weights(self) -> _StepWeights:
