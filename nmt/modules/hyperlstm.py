@@ -11,11 +11,11 @@ Per step, gates y in (i, f, o, g) (gate-major tensors, see nmt/modules/lstm.py):
 projection, W_x x_t and the hyper cell's x_t part are one matrix product over all steps before
 the recurrence. The recurrence runs in ``_HyperLSTMSequence``, an autograd function whose
 backward keeps every step's gradients (in a buffer each cell reuses, ``BackwardWorkspace``) and
-forms all weight gradients as a few large products after the backward loop; the per-step products read input-major copies of their weights
-(``input_major``). On the CPU, ``_FusedPath`` and ``fused_step`` do each cell's element-wise
-work of a step in one C++ kernel (``nmt.kernels``); the eager functions stay the reference and
-the fallback. For serving, ``HyperLSTMCell.quantize_int8_`` runs the two large products of
-every step on int8 weights.
+forms all weight gradients as a few large products after the backward loop; the per-step
+products read input-major copies of their weights (``input_major``). On the CPU,
+``_FusedPath`` and ``fused_step`` do each cell's element-wise work of a step in one C++ kernel
+(``nmt.kernels``); the eager functions stay the reference and the fallback. For serving,
+``HyperLSTMCell.quantize_int8_`` runs the two large products of every step on int8 weights.
 """
 
 from __future__ import annotations
