@@ -383,15 +383,17 @@ def _split_projected(projected: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
 
 
 class BackwardWorkspace:
-    """One cell's buffer for every step's gradient of the recurrent products, (T, B, 4N_hyper
-    + 4H), reused by each backward pass instead of allocated fresh.
+    """One cell's buffer for every step's gradients of the input projections and recurrent
+    products, (T, B, 4H + 4N_hyper + 4H), reused by each backward pass instead of allocated
+    fresh.
 
     Why: a fresh buffer this large is new memory every pass, and the kernel that first writes
     each 4 KB page of it pays a page fault there (in the loop, the main cell's backward kernel
     took 4.0 ms a step with a fresh buffer and 1.6 ms with a reused one). Reuse is safe because
-    the buffer never leaves the backward pass: ``_weight_gradients`` consumes it before the pass
-    returns, and the passes of one cell run one after another (autograd runs a graph's CPU
-    nodes on one thread). It grows to the largest (T, B) seen and keeps that size.
+    the buffer never leaves the backward pass: the input and weight gradients are products of
+    it, made before the pass returns, and the passes of one cell run one after another
+    (autograd runs a graph's CPU nodes on one thread). It grows to the largest (T, B) seen and
+    keeps that size.
     """
 
     def __init__(self) -> None:
@@ -412,16 +414,18 @@ class BackwardWorkspace:
 
 
 class _HyperLSTMSequence(torch.autograd.Function):
-    """The whole recurrence with a hand-written backward (see the module docstring); ``path``
-    (``_EagerPath`` or ``_FusedPath``) does each step's element-wise work, ``workspace`` holds
-    the backward pass's per-step gradients of the recurrent products."""
+    """The whole layer, input projections included, with a hand-written backward (see the
+    module docstring); ``path`` (``_EagerPath`` or ``_FusedPath``) does each step's element-wise
+    work, ``workspace`` holds the backward pass's per-step gradients. ``inputs`` is (B, T, I),
+    ``input_weight`` [W_x; hyper cell's W for x_t], (4H + 4N_hyper, I)."""
 
     @staticmethod
     def forward(
-        ctx, path, workspace, projected, lengths, g_mask, hyper_g_mask, h0, c0, hyper_h0,
-        hyper_c0, *weights,
+        ctx, path, workspace, inputs, input_weight, lengths, g_mask, hyper_g_mask, h0, c0,
+        hyper_h0, hyper_c0, *weights,
     ):  # fmt: skip
         w = HyperWeights(*weights)
+        projected = F.linear(inputs.transpose(0, 1), input_weight)  # (T, B, 4H + 4N_hyper)
         steps, batch, _ = projected.shape
         x_main, x_hyper = _split_projected(projected, h0.shape[-1])
         states = [[h0], [c0], [hyper_h0], [hyper_c0]]  # per step, from the initial state
@@ -439,7 +443,9 @@ class _HyperLSTMSequence(torch.autograd.Function):
         hs, hyper_hs = torch.stack(states[0]), torch.stack(states[2])
         ctx.path, ctx.workspace, ctx.caches, ctx.ends = path, workspace, caches, ends
         ctx.cells, ctx.hyper_cells = states[1], states[3]
-        ctx.save_for_backward(projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights)
+        ctx.save_for_backward(
+            inputs, input_weight, projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights
+        )
         ctx.set_materialize_grads(False)
         final_c, final_hyper_c = (ends.gather(torch.stack(s[1:])) for s in (states[1], states[3]))
         outputs = hs[1:]
@@ -447,7 +453,9 @@ class _HyperLSTMSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_outputs, *grad_finals):
-        projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights = ctx.saved_tensors
+        inputs, input_weight, projected, hs, hyper_hs, g_mask, hyper_g_mask, *weights = (
+            ctx.saved_tensors
+        )
         w = HyperWeights(*weights)
         path, caches, ends = ctx.path, ctx.caches, ctx.ends
         cs, hyper_cs = ctx.cells, ctx.hyper_cells
@@ -457,10 +465,11 @@ class _HyperLSTMSequence(torch.autograd.Function):
         z_size = w.d_weight.shape[1]
         x_main, _ = _split_projected(projected, hidden)
 
-        # d (h_{t-1} @ recurrent.T), columns [hyper pre-activation | W_h h_{t-1}]; the hyper
-        # columns are also the hyper part of grad_projected, copied there after the loop.
-        grad_products = ctx.workspace.take((steps, batch, hyper_split + split), hs)
-        grad_projected = hs.new_empty(steps, batch, split + hyper_split)
+        # One buffer, columns [W_x x_t | hyper pre-activation | W_h h_{t-1}]: the gradients of
+        # the input-side projections and of the recurrent products share the hyper columns.
+        grads = ctx.workspace.take((steps, batch, 2 * split + hyper_split), hs)
+        grad_projected = grads[..., : split + hyper_split]
+        grad_products = grads[..., split:]  # d (h_{t-1} @ recurrent.T)
         d_weight_t = w.d_weight.transpose(1, 2).contiguous()
         grad_d = hs.new_empty(NUM_Z, batch, hidden)  # d loss / d (W_z z) at one step
         grad_d_weight = w.d_weight.new_zeros(w.d_weight.shape)
@@ -495,13 +504,32 @@ class _HyperLSTMSequence(torch.autograd.Function):
                 grad_products[t, :, :hyper_split] @ w.hyper_recurrent, grad_hyper_c_prev,
             ]  # fmt: skip
 
-        grad_projected[..., split:].copy_(grad_products[..., :hyper_split])
+        grad_inputs, grad_input_weight = _input_gradients(
+            grads, split + hyper_split, inputs, input_weight, ctx.needs_input_grad[2:4]
+        )
         grad_weights = HyperWeights(
             *_weight_gradients(grad_products, grad_z, hs, hyper_hs, hyper_split),
             grad_d_weight, grad_bias.sum(1, keepdim=True),
             *path.norm_totals(main_acc), *path.norm_totals(hyper_acc),
         )  # fmt: skip
-        return (None, None, grad_projected, None, None, None, *grad, *grad_weights)
+        return (
+            None, None, grad_inputs, grad_input_weight, None, None, None, *grad, *grad_weights
+        )  # fmt: skip
+
+
+def _input_gradients(
+    grads: Tensor, columns: int, inputs: Tensor, input_weight: Tensor, needed: tuple[bool, bool]
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of the inputs (B, T, I) and of the input weight from the first
+    ``columns`` columns of ``grads`` (T, B, *), d (W x_t) of every step; each only if needed."""
+    steps, batch = grads.shape[:2]
+    flat = grads.view(steps * batch, -1)[:, :columns]
+    grad_inputs = grad_weight = None
+    if needed[0]:
+        grad_inputs = (flat @ input_weight).view(steps, batch, -1).transpose(0, 1)
+    if needed[1]:
+        grad_weight = flat.t() @ inputs.transpose(0, 1).reshape(steps * batch, -1)
+    return grad_inputs, grad_weight
 
 
 def _weight_gradients(
@@ -640,12 +668,11 @@ class HyperLSTMCell(nn.Module):
         if int8 is not None:
             return self._forward_int8(inputs, lengths, state, int8)
         batch, steps = inputs.shape[:2]
-        projected = F.linear(inputs.transpose(0, 1), self._input_weight())
         g_mask, hyper_g_mask = self._masks((steps, batch), inputs)
         path = _FusedPath() if self.uses_fused_kernels(inputs) else _EagerPath(self.compile)
         outputs, *final = _HyperLSTMSequence.apply(
-            path, self._workspace, projected, lengths, g_mask, hyper_g_mask, *state,
-            *self.recurrence_weights(),
+            path, self._workspace, inputs, self._input_weight(), lengths, g_mask, hyper_g_mask,
+            *state, *self.recurrence_weights(),
         )  # fmt: skip
         return batch_first_outputs(outputs, lengths), tuple(final)
 
