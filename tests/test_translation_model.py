@@ -249,3 +249,28 @@ def test_scaled_embeddings_let_a_plain_lstm_attention_learn() -> None:
 
     unscaled, scaled = attention_gradient(False), attention_gradient(True)
     assert unscaled < 1e-6 < 1e-4 < scaled, (unscaled, scaled)
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+@pytest.mark.parametrize("cell", CELL_TYPES)
+def test_trains_and_decodes_under_bf16_autocast(cell: str, input_feeding: bool) -> None:
+    """``precision: bf16-mixed`` runs the model under autocast (CUDA on GPUs; the CPU here):
+    a training step and decoding steps work for every cell (the recurrences run outside
+    autocast, in their parameters' float32)."""
+    torch.manual_seed(0)
+    model = TranslationModel(tiny_config(cell, input_feeding=input_feeding))
+    src, lengths, tgt_in = random_batch(torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, lengths, tgt_in)
+        loss, _, _ = label_smoothed_loss(logits, tgt_in, 0.1)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        encoder_output = model.encode(src, lengths)
+        state = model.initial_decoder_state(encoder_output)
+        for t in range(tgt_in.size(1)):
+            log_probs, _, state = model.decode_step(tgt_in[:, t], state, encoder_output)
+            assert torch.isfinite(log_probs).all()

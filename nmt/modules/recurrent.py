@@ -11,6 +11,7 @@ a tuple of (B, N) tensors (reorder beams with ``index_select(0, idx)``).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,26 @@ def make_cell(input_size: int, config: RecurrentConfig) -> nn.Module:
     )  # fmt: skip
 
 
+def outside_autocast(
+    cell: nn.Module, x: Tensor, state: State
+) -> tuple[AbstractContextManager, Tensor, State]:
+    """Under autocast (bf16/fp16 mixed precision), a context that turns it off, and ``x`` and
+    ``state`` in the cell's parameter dtype; otherwise no change.
+
+    Why: the hand-written recurrences (HyperLSTM, layer-norm LSTM) combine per-step products
+    with their weights and cell states in their own autograd functions, where autocast would
+    mix bf16 products with float32 tensors; a cell state summed over many steps wants the
+    parameters' precision anyway; and oneDNN has no bf16 LSTM on CPUs without AVX-512 BF16.
+    Every cell type runs this way, so the baselines keep the HyperLSTM's precision; attention
+    and the output layer still run under autocast.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return nullcontext(), x, state
+    dtype = next(cell.parameters()).dtype
+    return torch.autocast(device, enabled=False), x.to(dtype), tuple(s.to(dtype) for s in state)
+
+
 class RecurrentLayer(nn.Module):
     """One recurrent layer, optionally bidirectional (outputs and states concat [fwd; bwd])."""
 
@@ -116,7 +137,9 @@ class RecurrentLayer(nn.Module):
             zip(self.cells, self._split_state(state), strict=True)
         ):
             x = inputs if direction == 0 else reverse_padded(inputs, lengths)
-            out, final = cell(x, lengths, cell_state)
+            precision, x, cell_state = outside_autocast(cell, x, cell_state)
+            with precision:
+                out, final = cell(x, lengths, cell_state)
             outputs.append(out if direction == 0 else reverse_padded(out, lengths))
             finals.append(final)
         if not self.bidirectional:
@@ -131,7 +154,9 @@ class RecurrentLayer(nn.Module):
             raise ValueError("step() needs a unidirectional layer (bidirectional=False)")
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
-        return self.cells[0].step(x, state)
+        precision, x, state = outside_autocast(self.cells[0], x, state)
+        with precision:
+            return self.cells[0].step(x, state)
 
     @torch.no_grad()
     def weight_scalings(self, inputs: Tensor, lengths: Tensor | None = None) -> dict[str, Tensor]:
