@@ -16,7 +16,7 @@ from torch import nn
 
 from nmt import kernels
 from nmt.modules import lstm as lstm_module
-from nmt.modules.hyperlstm import HyperLSTMCell
+from nmt.modules.hyperlstm import BackwardWorkspace, HyperLSTMCell
 from nmt.modules.lstm import LayerNormLSTMCell
 from nmt.modules.recurrent import RecurrentConfig, RecurrentLayer, RecurrentStack
 
@@ -398,3 +398,13 @@ def test_backward_workspace_reuse_changes_no_gradient(fused):
     again = gradients(cell, 3, 2)  # reuses a prefix of it
     for a, b, c in zip(small, again, gradients(fresh, 3, 2), strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_backward_workspace_grows_and_reuses_its_buffer():
+    workspace = BackwardWorkspace()
+    like = torch.empty(0)
+    large = workspace.take((4, 3, 5), like)
+    small = workspace.take((2, 3, 5), like)
+    assert small.shape == (2, 3, 5) and small.is_contiguous()
+    assert small.data_ptr() == large.data_ptr()  # the same memory, no new allocation
+    assert workspace.take((2, 3, 5), like.double()).dtype == torch.float64  # a new buffer

@@ -393,7 +393,8 @@ class BackwardWorkspace:
     the buffer never leaves the backward pass: the input and weight gradients are products of
     it, made before the pass returns, and the passes of one cell run one after another
     (autograd runs a graph's CPU nodes on one thread). It grows to the largest (T, B) seen and
-    keeps that size.
+    keeps that size. CPU only: a GPU's caching allocator already reuses memory without faults,
+    and there a buffer held between passes would only add to the forward pass's peak memory.
     """
 
     def __init__(self) -> None:
@@ -401,14 +402,11 @@ class BackwardWorkspace:
 
     def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
+        if like.device.type != "cpu":
+            return like.new_empty(shape)
         size = math.prod(shape)
         buffer = self._buffer
-        if (
-            buffer is None
-            or buffer.numel() < size
-            or buffer.dtype != like.dtype
-            or buffer.device != like.device
-        ):
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype:
             buffer = self._buffer = like.new_empty(size)
         return buffer[:size].view(shape)
 
