@@ -11,6 +11,7 @@ import gzip
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -192,6 +193,31 @@ def test_reruns_are_identical_and_validate_after_the_last_update(corpus: Path, t
     assert validated == {2, 4}  # logged at the step before the counter moves: updates 3 and 5
     recent = sorted(path.name for path in (runs[0] / "checkpoints").glob("recent-*.ckpt"))
     assert recent == ["recent-step=3.ckpt", "recent-step=5.ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "said"),
+    [
+        ([], None),  # the budget reached: nothing to say
+        (["--trainer.max_epochs", "1"], "update 8 of trainer.max_steps 20 (trainer.max_epochs 1"),
+        (["--trainer.max_time", "00:00:00:00"], "update 0 of trainer.max_steps 20 (trainer.max_t"),
+    ],
+)
+def test_a_run_ended_before_max_steps_says_so(
+    corpus: Path, tmp_path, limits: list[str], said: str | None
+) -> None:
+    """A guard that ends a run before its budget in updates is reported with its reason (the
+    corpus makes 8 batches an epoch; a zero max_time stops before the first update)."""
+    config = write_config(tmp_path, corpus, 20 if said else 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main(["fit", "--config", str(config), *limits]) == 0
+    stopped = [str(w.message) for w in caught if "training stopped at update" in str(w.message)]
+    if said is None:
+        assert stopped == []
+        assert final_state(tmp_path)["global_step"] == 5
+    else:
+        assert len(stopped) == 1 and said in stopped[0], stopped
 
 
 def test_checkpoint_loads_without_lightning(corpus: Path, tmp_path) -> None:

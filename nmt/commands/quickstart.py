@@ -116,6 +116,25 @@ def _best_checkpoint(directory: Path) -> Path:
     return best[-1]
 
 
+def _unfinished_budget(config: str | Path, checkpoints: Path) -> str | None:
+    """A note when training ended before the config's ``trainer.max_steps`` (its ``max_time``
+    guard fired on a slow or busy machine): the reported BLEU is then not the figure every
+    whole run reproduces, and the summary must say so."""
+    import yaml
+
+    from nmt.checkpoints import load_checkpoint_file
+
+    budget = yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"]
+    updates = load_checkpoint_file(checkpoints / "last.ckpt")["global_step"]
+    if updates >= budget:
+        return None
+    return (
+        f"NOTE: training stopped at update {updates} of the budget's {budget}: a guard in "
+        f"{config} (trainer.max_time, on a slow or busy machine) ended it first, so the BLEU "
+        "above is lower than a whole run's. Rerun on an idle machine or raise trainer.max_time."
+    )
+
+
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     workdir = Path(args.workdir) / time.strftime("run-%Y%m%d-%H%M%S")
@@ -166,4 +185,7 @@ def main(argv: list[str]) -> int:
     sentences = PreparedCorpus(args.data).split("test_2016_flickr")["src_text"][:DEMO_SENTENCES]
     _serve_and_translate(bundle, sentences, args.beam_size)
     print(f"\nquickstart finished in {time.monotonic() - started:.0f} s; outputs in {workdir}/")
+    note = _unfinished_budget(args.config, workdir / "checkpoints")
+    if note:
+        print(note)
     return 0

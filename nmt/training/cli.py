@@ -6,8 +6,9 @@ ModelCheckpoint callbacks in one directory: ``checkpoint`` keeps the best (confi
 monitors, e.g. validation BLEU), ``last_checkpoint`` rewrites ``last.ckpt`` for
 ``--ckpt_path last``, and ``recent_checkpoints`` (off by default) keeps the last N validated
 checkpoints for averaging. Checkpoint files are written atomically and sealed with a checksum,
-every run validates after its last update, a resumed run keeps its best-checkpoint record
-(``ResumeRecord``), and the data modules' rank-aware samplers are left in place under DDP.
+every run validates after its last update and warns if it ends before ``max_steps``, a resumed
+run keeps its best-checkpoint record (``ResumeRecord``), and the data modules' rank-aware
+samplers are left in place under DDP.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from nmt.training.callbacks import ValidateAtLastUpdate
+from nmt.training.callbacks import ValidateAtLastUpdate, WarnIfBudgetUnfinished
 from nmt.training.checkpoint_io import AtomicCheckpointIO
 from nmt.training.resume import ResumeRecord
 
@@ -66,7 +67,7 @@ class TrainingCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
-        callbacks = [*callbacks, ValidateAtLastUpdate()]
+        callbacks = [*callbacks, ValidateAtLastUpdate(), WarnIfBudgetUnfinished()]
         return super()._instantiate_trainer({**config, "plugins": plugins}, callbacks)
 
 
