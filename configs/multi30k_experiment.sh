@@ -18,9 +18,10 @@
 #   CORPUS   the prepared corpus                              [data/multi30k.en-de]
 #   PYTHON   an interpreter with HyperNMT installed           [python]
 #   LIMIT    score only the first N sentences of each split (a quick check of the recipe) [all]
-# Writes RUN_DIR/summary.json and prints one Markdown table row per checkpoint, and which of the
-# two validation picks ("chosen": the higher validation BLEU). A run whose
-# training finished (RUN_DIR/training_seconds.txt) is only evaluated again.
+# Writes RUN_DIR/summary.json (with the updates trained: fewer than the config's max_steps when
+# its max_time guard ended training, which `nmt fit` warns of) and prints one Markdown table row
+# per checkpoint, and which of the two validation picks ("chosen": the higher validation BLEU).
+# A run whose training finished (RUN_DIR/training_seconds.txt) is only evaluated again.
 set -euo pipefail
 
 config=${1:?usage: $0 CONFIG [RUN_DIR [nmt fit overrides...]]}
@@ -82,8 +83,11 @@ done
 "$PYTHON" - "$run" "$best" <<'PY'
 import json, sys
 from pathlib import Path
+from nmt.checkpoints import load_checkpoint_file
 run, best = Path(sys.argv[1]), Path(sys.argv[2]).name
-summary = {"run": str(run), "best_checkpoint": best, "checkpoints": {}}
+updates = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"]
+summary = {"run": str(run), "updates": updates, "best_checkpoint": best, "checkpoints": {}}
+print(f"{run.name}: {updates} updates, best checkpoint {best}")
 for name in ("best", "average"):
     alpha = (run / "eval" / name / "alpha.txt").read_text().strip()
     test_dir = run / "eval" / name / f"test-alpha{alpha}"
