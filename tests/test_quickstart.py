@@ -22,3 +22,11 @@ def test_a_run_cut_short_is_reported(corpus: Path, tmp_path) -> None:
     assert cli_main(["fit", "--config", str(short), "--trainer.max_epochs", "1"]) == 0
     note = _unfinished_budget(short, tmp_path / "short" / "checkpoints")
     assert note is not None and "stopped at update 8 of the budget's 20" in note
+
+
+def test_a_budget_in_epochs_has_nothing_to_report(tmp_path) -> None:
+    """A config without trainer.max_steps (the quickstart accepts any --config) gives no note
+    and no error, before any checkpoint is read."""
+    config = tmp_path / "epochs.yaml"
+    config.write_text("trainer:\n  max_epochs: 3\n")
+    assert _unfinished_budget(config, tmp_path / "no-checkpoints") is None

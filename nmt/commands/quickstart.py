@@ -124,7 +124,9 @@ def _unfinished_budget(config: str | Path, checkpoints: Path) -> str | None:
 
     from nmt.checkpoints import load_checkpoint_file
 
-    budget = yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"]
+    budget = (yaml.safe_load(Path(config).read_text()).get("trainer") or {}).get("max_steps", -1)
+    if budget is None or budget <= 0:  # a config whose budget is in epochs: nothing to compare
+        return None
     updates = load_checkpoint_file(checkpoints / "last.ckpt")["global_step"]
     if updates >= budget:
         return None
